@@ -1,0 +1,1 @@
+"""Inference entry points, one module per method; see `jaxdn.api.METHODS`."""
