@@ -30,6 +30,25 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+# Shipped default weights per method (files in jaxdn/weights/), recorded in provenance.
+DEFAULT_WEIGHTS = {
+    "reucid": "reucid_classifier.npz",
+    "unet-g": "unet_g.npz", "unet-sp": "unet_sp.npz", "unet-gsp": "unet_gsp.npz", "unet-bbg": "unet_bbg.npz",
+    "stripes": "stripes.npz",
+    "noise2atom": "noise2atom.npz",
+}
+
+
+def weights_path(method: str, weights=None):
+    """The weights file a method will use: `weights` if given, else the shipped default (may not exist)."""
+    from pathlib import Path
+    from .weights_io import shipped
+    if weights is not None:
+        return Path(weights)
+    name = DEFAULT_WEIGHTS.get(method)
+    return shipped(name) if name else None
+
+
 def method_function(method: str):
     """Return the denoising function registered for `method`, or raise `MethodNotAvailable`."""
     if method not in METHODS:
