@@ -25,13 +25,16 @@ scans mirrored left-right so they overlay the forward scan.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,11 +215,30 @@ def _array_with_colour(data: np.ndarray, channel: int | None) -> np.ndarray:
 # Readers (each returns data, pixel size, unit, metadata)
 # --------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _tiff_errors():
+    """Refuse files tifffile only logs as corrupt (it would return the readable part silently)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if records:
+        raise InputError(f"corrupted or truncated TIFF ({records[0].getMessage().split('> ')[-1]})")
+
+
 def _read_tiff(path: Path, channel: int | None):
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        data = series.asarray()
-        axes = series.axes
+    with _tiff_errors(), tifffile.TiffFile(path) as tif:
+        first = tif.series[0]
+        alike = [s for s in tif.series if (s.shape, s.dtype, s.axes) == (first.shape, first.dtype, first.axes)]
+        if len(tif.series) > 1 and len(alike) == len(tif.series):  # pages written one by one: a stack
+            data, axes = np.stack([s.asarray() for s in alike]), "I" + first.axes
+        else:  # a single series, or the main image followed by thumbnails / pyramid levels
+            data, axes = first.asarray(), first.axes
         size, unit, meta = _tiff_calibration(tif)
         meta["axes"] = axes
         if len(tif.series) > 1:
@@ -313,12 +335,20 @@ def _read_imageio(path: Path, channel: int | None):
     return _array_with_colour(data, channel), size, unit, meta
 
 
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with open(path, "rb") as fh:
+        if fh.read(len(magic)) != magic:
+            raise InputError(f"not a {what} file")
+
+
 def _read_npy(path: Path, channel: int | None):
+    _check_magic(path, b"\x93NUMPY", "NumPy .npy")
     data = np.load(path, allow_pickle=False)
     return _array_with_colour(data, channel), None, None, {"format": "npy"}
 
 
 def _read_npz(path: Path, channel: int | None):
+    _check_magic(path, b"PK", "NumPy .npz (zip)")
     with np.load(path, allow_pickle=False) as npz:
         keys = list(npz.keys())
         arrays = [k for k in keys if npz[k].ndim >= 2]
@@ -340,9 +370,13 @@ def _read_npz(path: Path, channel: int | None):
 def _read_mrc(path: Path, channel: int | None):
     import mrcfile
 
-    with mrcfile.open(path, mode="r", permissive=True) as mrc:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mrc = mrcfile.open(path, mode="r", permissive=True)
+    with mrc:
         if mrc.data is None:
-            raise InputError("not a valid MRC file (header not recognised)")
+            reason = str(caught[0].message) if caught else "bad header or truncated data"
+            raise InputError(f"not a valid MRC file ({reason})")
         data = np.array(mrc.data)
         voxel = mrc.voxel_size
         header = {name: mrc.header[name] for name in mrc.header.dtype.names if name not in ("label",)}
@@ -352,6 +386,8 @@ def _read_mrc(path: Path, channel: int | None):
     size, unit = _to_nm(float(voxel.x), "Å")
     meta = {"format": "mrc", "voxel_size_angstrom": [float(voxel.x), float(voxel.y), float(voxel.z)],
             "original": _jsonable({"header": header, "labels": labels})}
+    if caught:
+        meta["warnings"] = [str(w.message) for w in caught]
     return _as_image_array(data), size, unit, meta
 
 
@@ -367,7 +403,7 @@ def _read_emd(path: Path, channel: int | None):
             return _read_berkeley_emd(f, groups, channel)
         velox = "Data" in f and "Version" in f
     if velox:
-        return _read_rsciio(path, channel, "emd", select_type="image")
+        return _read_rsciio(path, channel, "emd", select_type="images")
     raise InputError("HDF5 file is neither a Berkeley EMD (data/<name>/data) nor a Velox EMD")
 
 
@@ -421,8 +457,9 @@ def _read_rsciio(path: Path, channel: int | None, plugin: str, **kwargs):
     meta = {"format": plugin if plugin != "emd" else "velox-emd", "axes": axes,
             "title": _jsonable(sig.get("metadata", {}).get("General", {}).get("title")),
             "original": _jsonable(sig.get("original_metadata", {}))}
-    if len(axes) >= 2 and axes[-2].get("scale") not in (None, x.get("scale")):
-        meta["pixel_size_y"] = _to_nm(axes[-2].get("scale"), axes[-2].get("units"))[0]
+    size_y = _to_nm(axes[-2].get("scale"), axes[-2].get("units"))[0] if len(axes) >= 2 else None
+    if size is not None and size_y is not None and not math.isclose(size, size_y, rel_tol=1e-6):
+        meta["pixel_size_y"] = size_y
     if len(images) > 1:
         meta["other_signals"] = [_jsonable(s.get("metadata", {}).get("General", {}).get("title")) for s in images[1:]]
     return _array_with_colour(data, channel), size, unit, meta
@@ -699,7 +736,9 @@ def open_lazy(path, *, channel: int | None = None) -> LazyStack:
 
 
 def _lazy_tiff(path: Path) -> LazyStack | None:
-    with tifffile.TiffFile(path) as tif:
+    with _tiff_errors(), tifffile.TiffFile(path) as tif:
+        if len(tif.series) > 1:
+            return None
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         size, unit, meta = _tiff_calibration(tif)
