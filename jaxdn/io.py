@@ -55,7 +55,7 @@ __all__ = [
 # The Image record
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Image:
     """A 2-D image or a stack of frames with its calibration.
 
@@ -78,10 +78,15 @@ class Image:
         data = to_float32(np.asarray(self.data))
         check_shape(data)
         object.__setattr__(self, "data", data)
-        if self.pixel_size is not None:
+        if self.pixel_size is None:
+            object.__setattr__(self, "unit", None)
+        else:
             size = float(self.pixel_size)
             if not (math.isfinite(size) and size > 0):
                 raise InputError(f"pixel size must be a positive number, got {self.pixel_size!r}")
+            if self.unit is not None and _unit_key(self.unit) in _TO_NM:  # any length unit -> nm
+                size, unit = _to_nm(size, self.unit)
+                object.__setattr__(self, "unit", unit)
             object.__setattr__(self, "pixel_size", size)
         if self.source is not None:
             object.__setattr__(self, "source", Path(self.source))
@@ -113,7 +118,7 @@ _TO_NM = {
     "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3,
     "u00b5m": 1e3, "\\u00b5m": 1e3,
     "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "a": 0.1, "å": 0.1, "Å": 0.1, "angstrom": 0.1, "angstroms": 0.1,
+    "a": 0.1, "å": 0.1, "Å": 0.1, "\u212b": 0.1, "angstrom": 0.1, "angstroms": 0.1,
     "pm": 1e-3, "picometer": 1e-3,
 }
 _NO_UNIT = {"", "pixel", "pixels", "px", "none", "<undefined>", "undefined", "t.b.d."}
@@ -129,17 +134,21 @@ def _to_nm(size, unit) -> tuple[float | None, str | None]:
         return None, None
     if not (math.isfinite(size) and size > 0):
         return None, None
-    if isinstance(unit, bytes):
-        unit = unit.decode("latin-1")
     if unit is None:
         return size, None
-    key = str(unit).strip().strip("[]()").replace("_", "").replace(" ", "")
-    if key.lower() in _NO_UNIT:
+    key = _unit_key(unit)
+    if key in _NO_UNIT:
         return None, None
-    factor = _TO_NM.get(key, _TO_NM.get(key.lower()))
-    if factor is None:
+    if key not in _TO_NM:
         return size, str(unit).strip()
-    return size * factor, "nm"
+    return size * _TO_NM[key], "nm"
+
+
+def _unit_key(unit) -> str:
+    """'[n_m]' -> 'nm', 'Micron' -> 'micron' (Berkeley EMD writes units with underscores)."""
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    return str(unit).strip().strip("[]()").replace("_", "").replace(" ", "").lower()
 
 
 def _jsonable(obj, depth: int = 0):
@@ -604,7 +613,7 @@ _READERS: dict[str, Callable] = {
     ".sxm": _read_sxm,
     ".mat": _read_mat,
 }
-SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_READERS)
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff") + tuple(_READERS)  # matched on name endings
 
 
 # --------------------------------------------------------------------------------------------
@@ -672,7 +681,7 @@ def read(path, *, channel: int | None = None) -> Image:
 # Lazy frame access for big stacks
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LazyStack:
     """Frames of a (T, H, W) stack read on demand (memory-mapped where the format allows).
 

@@ -424,7 +424,7 @@ def test_missing_empty_folder_and_unknown_extension(tmp_path):
     (tmp_path / "x.xyz").write_bytes(b"123")
     with pytest.raises(InputError, match=r"unsupported file type '\.xyz'; supported: .*\.tif"):
         io.read(tmp_path / "x.xyz")
-    assert ".TIF" not in io.SUPPORTED_EXTENSIONS and ".dm4" in io.SUPPORTED_EXTENSIONS
+    assert ".TIF" not in io.SUPPORTED_EXTENSIONS and {".dm4", ".ome.tif", ".sxm"} <= set(io.SUPPORTED_EXTENSIONS)
     tifffile.imwrite(tmp_path / "UPPER.TIF", _ramp())
     assert io.read(tmp_path / "UPPER.TIF").shape == (12, 16)
 
@@ -445,6 +445,10 @@ def test_image_record_validation():
         io.Image(np.ones((4, 4)), pixel_size=-1.0, unit="nm")
     image = io.Image(np.ones((4, 4), np.float64), pixel_size=0.1, unit="nm")
     assert image.data.dtype == np.float32 and not image.is_stack
+    assert io.Image(np.ones((4, 4)), pixel_size=1.5, unit="Å").unit == "nm"
+    assert io.Image(np.ones((4, 4)), pixel_size=1.5, unit="Å").pixel_size == pytest.approx(0.15)
+    assert io.Image(np.ones((4, 4)), pixel_size=0.2, unit="1/nm").unit == "1/nm"  # diffraction: kept
+    assert io.Image(np.ones((4, 4)), unit="nm").unit is None
     denoised = image.with_data(np.zeros((4, 4)))
     assert denoised.pixel_size == 0.1 and denoised.unit == "nm" and denoised.data.sum() == 0
 
