@@ -43,7 +43,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError, JaxdnError, MissingExtraError, OutputExistsError
-from .validate import check_shape, select_channel, to_float32
+from .validate import check_shape, is_color, select_channel, to_float32
 
 __all__ = [
     "Image", "LazyStack", "SUPPORTED_EXTENSIONS", "WRITABLE_EXTENSIONS",
@@ -706,7 +706,8 @@ class LazyStack:
     def frames(self, start: int, stop: int) -> np.ndarray:
         """float32 (k, H, W) frames start..stop-1 (clipped to the stack)."""
         start, stop, _ = slice(start, stop).indices(self.n_frames)
-        block = np.array(self._get(start, max(start, stop)))  # a copy in memory, never the memory map
+        # np.array: a copy in memory, never the memory map itself
+        block = _guarded(self.path, lambda: np.array(self._get(start, max(start, stop))))
         return to_float32(block.reshape((-1,) + tuple(self.shape[-2:])))
 
     def __getitem__(self, index: int) -> np.ndarray:
@@ -757,7 +758,6 @@ def _lazy_tiff(path: Path) -> LazyStack | None:
     if "S" in axes or "C" in axes and shape[axes.index("C")] > 1 or len(squeezed) not in (2, 3):
         return None
     frames = squeezed[0] if len(squeezed) == 3 else 1
-    size, unit = (size, unit) if size is not None else (None, None)
     try:
         mm = tifffile.memmap(path, mode="r")
         mm = mm.reshape((frames,) + squeezed[-2:])
@@ -776,7 +776,7 @@ def _lazy_tiff(path: Path) -> LazyStack | None:
 
 def _lazy_npy(path: Path) -> LazyStack | None:
     mm = np.load(path, mmap_mode="r", allow_pickle=False)
-    if mm.ndim == 3 and mm.shape[-1] in (3, 4) or mm.ndim not in (2, 3):
+    if is_color(mm) or mm.ndim not in (2, 3):
         return None
     stack = mm if mm.ndim == 3 else mm[None]
     return LazyStack(path, mm.shape, None, None, {"format": "npy"}, lambda a, b: stack[a:b])
