@@ -383,6 +383,20 @@ def test_statstem_and_plain_mat(tmp_path):
     np.testing.assert_array_equal(io.read(tmp_path / "hwn.mat").data, np.stack([obs, obs + 1]))
 
 
+def test_matlab_v73_is_read_through_h5py(tmp_path):
+    """v7.3 MAT files are HDF5 behind a 512-byte MATLAB header, arrays stored column-major."""
+    obs = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["input/obs"], f["input/dx"] = obs.T, np.array([[0.5]])
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + bytes(8) + b"\x00\x02IM"
+    with open(path, "r+b") as fh:
+        fh.write(header)
+    back = io.read(path)
+    np.testing.assert_array_equal(back.data, obs)
+    assert back.pixel_size == pytest.approx(0.05) and back.unit == "nm"
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input and the optional extra
 # --------------------------------------------------------------------------------------------
