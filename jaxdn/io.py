@@ -35,7 +35,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from .validate import check_shape, is_color, select_channel, to_float32
 
 __all__ = [
     "Image", "LazyStack", "SUPPORTED_EXTENSIONS", "WRITABLE_EXTENSIONS",
-    "read", "read_sxm", "write", "open_lazy", "sha256_file",
+    "read", "read_sxm", "write", "write_frames", "open_lazy", "sha256_file",
 ]
 
 
@@ -900,14 +900,69 @@ def write(path, image: Image | np.ndarray, *, overwrite: bool = False, provenanc
     if suffix not in _WRITERS:
         raise InputError(f"{path}: cannot write '{suffix or path.name}'; supported output types: "
                          f"{' '.join(WRITABLE_EXTENSIONS)}")
-    if image.source is not None and _same_file(path, image.source):
+    summary = {"pixel_size": image.pixel_size, "unit": image.unit, "shape": list(image.shape), "dtype": "float32"}
+    return _write_atomic(path, lambda tmp: _WRITERS[suffix](tmp, image), source=image.source,
+                         overwrite=overwrite, provenance=provenance, summary=summary)
+
+
+def write_frames(path, frames: Iterable[np.ndarray], *, shape: tuple[int, int, int],
+                 pixel_size: float | None = None, unit: str | None = None, source=None,
+                 overwrite: bool = False, provenance: dict | None = None) -> Path:
+    """Stream frames into a float32 ImageJ 'TYX' TIFF without holding the stack in memory.
+
+    Same safety as `write`: atomic, never over `source`, `overwrite` rule, optional sidecar.
+
+    Args:
+      path: output .tif/.tiff file.
+      frames: iterable of T arrays (H, W), any real dtype (converted to float32 one at a time).
+      shape: (T, H, W) of the whole stack.
+      pixel_size, unit: calibration (length units are converted to nm).
+      source: the input file, which is never overwritten.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"{path}: streamed stacks are written as .tif; got '{path.suffix}'")
+    t, h, w = (int(n) for n in shape)
+    calib = Image(np.zeros((1, 1), np.float32), pixel_size=pixel_size, unit=unit)  # normalises the unit
+
+    def checked():
+        count = 0
+        for frame in frames:
+            frame = to_float32(np.asarray(frame))
+            if frame.shape != (h, w):
+                raise InputError(f"frame {count} has shape {frame.shape}, expected {(h, w)}")
+            count += 1
+            if count > t:
+                raise InputError(f"more than the {t} frames announced")
+            yield frame
+        if count != t:
+            raise InputError(f"got {count} frames, expected {t}")
+
+    def writer(tmp: Path) -> None:
+        meta, kwargs = {"axes": "TYX"}, {}
+        if calib.pixel_size is not None:
+            kwargs["resolution"] = (1.0 / calib.pixel_size, 1.0 / calib.pixel_size)
+            if calib.unit:
+                meta["unit"] = _IMAGEJ_UNIT.get(calib.unit, calib.unit)
+        tifffile.imwrite(tmp, checked(), shape=(t, h, w), dtype=np.float32, imagej=True, metadata=meta,
+                         **kwargs)
+
+    summary = {"pixel_size": calib.pixel_size, "unit": calib.unit, "shape": [t, h, w], "dtype": "float32"}
+    return _write_atomic(path, writer, source=source, overwrite=overwrite, provenance=provenance,
+                         summary=summary)
+
+
+def _write_atomic(path: Path, writer: Callable[[Path], None], *, source, overwrite: bool,
+                  provenance: dict | None, summary: dict) -> Path:
+    """Refuse unsafe outputs, then write to temporary files in the same folder and rename."""
+    if source is not None and _same_file(path, Path(source)):
         raise OutputExistsError(f"{path}: output is the input file; choose another output name or folder")
     sidecar = path.with_name(path.name + ".json") if provenance is not None else None
     for target in (path, sidecar):
-        if target is not None and target.exists() and not overwrite:
-            raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
         if target is not None and target.is_dir():
             raise OutputExistsError(f"{target}: is a folder")
+        if target is not None and target.exists() and not overwrite:
+            raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -915,23 +970,17 @@ def write(path, image: Image | np.ndarray, *, overwrite: bool = False, provenanc
     tmp = _temp_path(path)
     tmp_json = _temp_path(sidecar) if sidecar is not None else None
     try:
-        _WRITERS[suffix](tmp, image)
+        writer(tmp)
         if sidecar is not None:
-            record = {
-                "provenance": _jsonable(provenance),
-                "output": path.name,
-                "output_sha256": sha256_file(tmp),
-                "pixel_size": image.pixel_size,
-                "unit": image.unit,
-                "shape": list(image.shape),
-                "dtype": str(image.data.dtype),
-            }
+            record = {"provenance": _jsonable(provenance), "output": path.name,
+                      "output_sha256": sha256_file(tmp), **summary}
             tmp_json.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         _commit(tmp, path)
         if sidecar is not None:
             _commit(tmp_json, sidecar)
-    except JaxdnError:
-        raise
+    except JaxdnError as err:
+        message = str(err)
+        raise type(err)(message if str(path) in message else f"{path}: {message}") from None
     except OSError as err:
         raise JaxdnError(f"{path}: cannot write ({err.strerror or err})") from None
     finally:

@@ -197,8 +197,9 @@ def test_png_writer_scales_to_16_bit_and_keeps_calibration(tmp_path):
     back = io.read(out)
     assert back.pixel_size == pytest.approx(0.1) and back.unit == "nm"
     assert back.metadata["jaxdn"]["value_min"] == pytest.approx(float(data.min()))
-    with pytest.raises(InputError, match="single frame"):
+    with pytest.raises(InputError, match="single frame") as err:
         io.write(tmp_path / "s.png", _ramp((2, 5, 5)))
+    _one_line_naming(err, tmp_path / "s.png")
     assert not (tmp_path / "s.png").exists()
 
 
@@ -528,6 +529,31 @@ def test_provenance_sidecar(tmp_path):
     with pytest.raises(OutputExistsError, match="p.tif.json"):
         io.write(tmp_path / "p.tif", _ramp(), provenance={})
     assert not (tmp_path / "p.tif").exists()
+
+
+def test_write_frames_streams_a_calibrated_stack(tmp_path):
+    data = _ramp((4, 6, 7), dtype=np.float64)
+    src = tmp_path / "in.tif"
+    io.write(src, data)
+    out = io.write_frames(tmp_path / "o.tif", (f for f in data), shape=data.shape, pixel_size=1.25, unit="Å",
+                          source=src, provenance={"method": "x"})
+    size, unit, axes, dtype = _imagej_pixel_size(out)
+    assert (unit, axes, dtype) == ("nm", "TYX", np.float32) and size == pytest.approx(0.125, rel=1e-6)
+    np.testing.assert_array_equal(io.read(out).data, data.astype(np.float32))
+    assert json.loads((tmp_path / "o.tif.json").read_text())["shape"] == [4, 6, 7]
+    with pytest.raises(OutputExistsError, match="input file"):
+        io.write_frames(src, iter(data), shape=data.shape, source=src, overwrite=True)
+
+    def dies():
+        yield data[0]
+        raise RuntimeError("denoiser crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        io.write_frames(tmp_path / "o.tif", dies(), shape=data.shape, overwrite=True)
+    with pytest.raises(InputError, match="got 2 frames, expected 4"):
+        io.write_frames(tmp_path / "short.tif", iter(data[:2]), shape=data.shape)
+    np.testing.assert_array_equal(io.read(out).data, data.astype(np.float32))  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.tif", "o.tif.json"]
 
 
 def test_sha256_file_streams(tmp_path):
