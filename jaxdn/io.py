@@ -494,8 +494,6 @@ def read_sxm(path, *, channel: str = "Z", direction: str = "forward") -> Image:
 
 
 def _read_sxm(path: Path, channel, *, name: str = "Z", direction: str = "forward"):
-    if channel not in (None, 0):
-        raise InputError(f"--channel {channel} is not used for .sxm files (the topography channel Z is read)")
     raw = path.read_bytes()
     end = raw.find(b":SCANIT_END:")
     start = raw.find(b"\x1a\x04", end)
@@ -517,6 +515,12 @@ def _read_sxm(path: Path, channel, *, name: str = "Z", direction: str = "forward
     table = [dict(zip(cols, [c.strip() for c in r if c.strip()])) for r in rows[1:] if r and any(c.strip() for c in r)]
     order = ">" if "MSBFIRST" in " ".join(header.get("SCANIT_TYPE", ["MSBFIRST"])) else "<"
     kind = "f4" if "FLOAT" in " ".join(header.get("SCANIT_TYPE", ["FLOAT"])).upper() else "i4"
+    if channel is not None:  # an index into the file's channel list (DATA_INFO order)
+        names = [e["Name"] for e in table]
+        if not 0 <= channel < len(names):
+            raise InputError(f"--channel {channel} out of range; the file's channels are "
+                             + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+        name = names[channel]
     planes, index = {}, 0
     for entry in table:
         dirs = ["forward", "backward"] if entry.get("Direction", "both") == "both" else [entry["Direction"]]
@@ -651,6 +655,9 @@ def _guarded(path: Path, fn: Callable):
 
 
 def _image(path: Path, data, size, unit, meta) -> Image:
+    data = np.asarray(data)
+    if data.dtype.kind in "iub" and data.dtype.itemsize <= 2:  # exact in float32: skip float64
+        data = data.astype(np.float32)
     meta = dict(meta)
     meta.setdefault("original", {})
     return Image(data=to_float32(data), pixel_size=size, unit=unit if size is not None else None,
@@ -663,7 +670,7 @@ def read(path, *, channel: int | None = None) -> Image:
     Args:
       path: image file; the reader is chosen by extension (see `SUPPORTED_EXTENSIONS`).
       channel: colour/channel index to keep for RGB(A) or multi-channel images, which are refused
-        without it.
+        without it; for Nanonis .sxm, the index of the channel in the file (default: "Z").
     Returns:
       `Image` with float32 data (H, W) or (T, H, W), pixel size in nm where the file gives a
       physical length, metadata and source path.

@@ -357,6 +357,9 @@ def test_sxm_orientation_non_square(tmp_path, scan_dir):
     assert fwd.metadata["pixel_size_y"] == pytest.approx(2.0 / ny) and fwd.metadata["value_unit"] == "m"
     np.testing.assert_array_equal(io.read_sxm(tmp_path / "s.sxm", direction="backward").data, z_bwd)
     np.testing.assert_array_equal(io.read_sxm(tmp_path / "s.sxm", channel="Current").data, current)
+    np.testing.assert_array_equal(io.read(tmp_path / "s.sxm", channel=1).data, current)
+    with pytest.raises(InputError, match="0=Z, 1=Current"):
+        io.read(tmp_path / "s.sxm", channel=2)
     with pytest.raises(InputError, match="no channel 'Current' \\(backward\\)"):
         io.read_sxm(tmp_path / "s.sxm", channel="Current", direction="backward")
 
