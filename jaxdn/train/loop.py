@@ -1,0 +1,341 @@
+"""The one training loop of jaxdn: `fit`, plus the NNX/optax helpers every trainer needs.
+
+Sections: keys · jitted update · restore or init · loop (log, eval, checkpoint) · finish.
+
+A trainer provides three pure pieces and calls `fit`:
+
+* ``init_state() -> state`` (or a ready state): any pytree, usually the `nnx.State` of
+  ``(model, optimizer)`` from `split_model_and_optimizer`; a GAN packs several, e.g.
+  ``{"gen": gen_state, "critic": critic_state}``.
+* ``make_batch(key, step) -> batch``: generates the *global* batch on device from a PRNG key
+  (pytree of arrays, batch on axis 0). `fit` traces it inside the jitted update with the output
+  constrained to the ``'data'`` sharding, so each device computes only its rows and the data do
+  not depend on the number of devices or processes. Build it from per-example keys
+  (``jax.random.split(key, batch_size)`` + `vmap`).
+* ``train_step(state, batch, key) -> (state, metrics)``: pure; metrics a dict of scalars.
+
+Per-step keys are ``fold_in(data_key, step)`` and ``fold_in(step_key, step)``, so a resumed run
+repeats exactly what an uninterrupted one computes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import sharding as shd
+from ..errors import InputError
+from . import config as config_lib
+from .checkpoint import Checkpointer
+from .logging import MetricsLog, Progress, plot_loss_curve
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+      state: final state (replicated over the mesh; use `sharding.local_copy` for host work).
+      metrics: last logged train metrics (interval means) and ``eval_*`` metrics, as floats.
+      step: the final step (== steps).
+      resumed_from: the checkpoint step this run restored, or None.
+      steps_run: updates executed by this call.
+    """
+    state: Any
+    metrics: dict[str, float]
+    step: int
+    resumed_from: int | None
+    steps_run: int
+
+
+def _log(msg: str, *, enabled: bool) -> None:
+    if enabled:
+        print(f"[jaxdn train] {msg}", file=sys.stderr, flush=True)
+
+
+def _abstract(tree, sharding):
+    """ShapeDtypeStructs (with `sharding`) for every leaf of `tree` (arrays or structs)."""
+    import jax
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
+    import jax
+    import numpy as np
+    host = jax.device_get(shd.local_copy(pending))
+    out: dict[str, float] = {}
+    for k in host[0]:
+        out[k] = float(np.mean([np.asarray(m[k], dtype=np.float64) for m in host]))
+    return out
+
+
+def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: int,
+        workdir: str | Path, config: Any, seed: int = 0,
+        eval_fn: Callable[[Any, Any], dict] | None = None, eval_every: int = 0,
+        log_every: int = 50, checkpoint_every: int = 0, keep_checkpoints: int = 3,
+        export_fn: Callable[[Any], Any] | None = None, data: Any = None,
+        host_batches: bool = False, batch_spec=None, mesh=None,
+        hooks: Sequence[Callable[[int, Any], None]] = (), quiet: bool = False,
+        allow_config_change: bool = False) -> FitResult:
+    """Train `steps` updates data-parallel over `mesh`, resuming from ``workdir/checkpoints``.
+
+    Args:
+      init_state: the initial state pytree, or a zero-argument traceable function returning it
+        (preferred: it is jitted into one program, and on resume only shape-evaluated).
+      train_step: pure ``(state, batch, key) -> (state, metrics dict of scalars)``; jitted once
+        with the state replicated and donated and the batch split over ``'data'``.
+      make_batch: ``(key, step) -> batch`` traced on device (see module doc), or with `data`
+        given ``(key, step, data) -> batch``. With ``host_batches=True`` it runs in Python and
+        returns the global batch as NumPy (every process computes the same batch).
+      steps: total number of updates of the run (not of this call).
+      workdir: run folder: ``checkpoints/``, ``config.json``, ``metrics.jsonl``, ``loss.png``.
+      config: the config dataclass (or JSON-able dict); saved with every checkpoint. A resumed
+        run refuses a different config (except `config.RESUME_SAFE_KEYS`) unless
+        `allow_config_change`.
+      seed: base of the data, step and eval keys.
+      eval_fn: ``(state, key) -> dict`` of scalars; called on process 0 with the state on one
+        local device every `eval_every` steps and at the end (0: only at the end).
+      log_every: steps between metric fetches (means over the interval) and log lines.
+      checkpoint_every: steps between checkpoints (0: only at the end); the last
+        `keep_checkpoints` are kept.
+      export_fn: called once at the end on process 0 with the final state on one local device
+        (e.g. write inference weights); its return value is ignored.
+      data: optional pytree of arrays (a fixed dataset) replicated once and passed to make_batch.
+      host_batches: generate batches with NumPy on the host instead of on device.
+      batch_spec: `PartitionSpec` for batch leaves (default ``P('data')``, batch on axis 0).
+      mesh: default `sharding.data_mesh()` (every device of every process).
+      hooks: ``hook(step, state)`` called on every process after each update (cheap host work
+        only; touching the state waits for the device).
+      quiet: no progress bar and no messages.
+    Returns:
+      `FitResult`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    log_every = max(1, int(log_every))
+    mesh = shd.data_mesh() if mesh is None else mesh
+    is_main = jax.process_index() == 0
+    workdir = Path(workdir).absolute()
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    config_dict = config_lib.to_dict(config)
+    state_sharding = shd.replicated(mesh)
+    batch_sharding = shd.batch_sharding(mesh, spec=batch_spec)
+    scalar_sharding = shd.replicated(mesh)
+
+    # ---- keys -----------------------------------------------------------------------------
+    data_key, step_key, eval_key = jax.random.split(jax.random.key(seed), 3)
+    keys = shd.replicate((data_key, step_key), mesh)
+
+    # ---- restore or init --------------------------------------------------------------------
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=keep_checkpoints)
+    latest = checkpointer.latest_step()
+    resumed_from = None
+    if latest is not None:
+        meta = checkpointer.read_meta(latest)
+        diff = config_lib.config_diff(meta["config"], config_dict, ignore=config_lib.RESUME_SAFE_KEYS)
+        if diff and not allow_config_change:
+            checkpointer.close()
+            raise InputError(
+                f"{workdir} holds a run with a different config ({'; '.join(diff[:4])}); "
+                "use a new --workdir, or allow the change explicitly")
+        abstract = jax.eval_shape(init_state) if callable(init_state) else init_state
+        state, _ = checkpointer.restore(latest, _abstract(abstract, state_sharding))
+        resumed_from = latest
+        _log(f"resuming from checkpoint at step {latest} in {workdir / 'checkpoints'}",
+             enabled=is_main and not quiet)
+    else:
+        if callable(init_state):  # one compiled program instead of many eager initialiser ops
+            state = jax.jit(init_state, out_shardings=state_sharding)()
+        else:
+            state = shd.replicate(init_state, mesh)
+    start = 0 if latest is None else min(latest, steps)
+    if latest is not None and latest > steps:
+        _log(f"checkpoint step {latest} is beyond steps={steps}; nothing to train",
+             enabled=is_main and not quiet)
+        start = steps
+
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    metrics_log = MetricsLog(workdir / "metrics.jsonl", enabled=is_main)
+    metrics_log.truncate_after(start)
+
+    # ---- jitted update --------------------------------------------------------------------
+    def _batch(step, data_key, data):
+        k = jax.random.fold_in(data_key, step)
+        return make_batch(k, step) if data is None else make_batch(k, step, data)
+
+    if not host_batches:
+        def update(state, step, keys, data):
+            batch = jax.lax.with_sharding_constraint(_batch(step, keys[0], data), batch_sharding)
+            return train_step(state, batch, jax.random.fold_in(keys[1], step))
+
+        jitted = jax.jit(update, in_shardings=(state_sharding, scalar_sharding, state_sharding, state_sharding),
+                         out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
+    else:
+        def update(state, batch, step, keys):
+            return train_step(state, batch, jax.random.fold_in(keys[1], step))
+
+        jitted = jax.jit(update, in_shardings=(state_sharding, batch_sharding, scalar_sharding, state_sharding),
+                         out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
+    data = None if data is None else shd.replicate(data, mesh)
+
+    # ---- loop -----------------------------------------------------------------------------
+    def run_eval(step, state) -> dict[str, float]:
+        import numpy as np
+        out = eval_fn(shd.local_copy(state), jax.random.fold_in(eval_key, step))
+        out = {k: float(np.asarray(jax.device_get(v))) for k, v in out.items()}
+        metrics_log.write(step, "eval", out)
+        return out
+
+    progress = Progress(total=steps, initial=start, enabled=is_main and not quiet)
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    pending: list[dict[str, Any]] = []
+    t_last, n_last = time.perf_counter(), 0
+    try:
+        for step in range(start, steps):
+            step_arr = jnp.asarray(step, jnp.int32)
+            if host_batches:
+                batch = _batch(step, data_key, data)
+                batch = shd.shard_batch(jax.device_get(batch), mesh, spec=batch_spec)
+                state, metrics = jitted(state, batch, step_arr, keys)
+            else:
+                state, metrics = jitted(state, step_arr, keys, data)
+            pending.append(metrics)
+            done = step + 1
+            n_last += 1
+            for hook in hooks:
+                hook(done, state)
+            progress.update()
+            if done % log_every == 0 or done == steps:
+                last_train = _mean_metrics(pending)
+                pending = []
+                now = time.perf_counter()
+                last_train["steps_per_s"] = n_last / max(now - t_last, 1e-9)
+                t_last, n_last = now, 0
+                metrics_log.write(done, "train", last_train)
+                progress.set_metrics(last_train)
+            if eval_fn is not None and is_main and (
+                    (eval_every and done % eval_every == 0) or done == steps):
+                last_eval = run_eval(done, state)
+                progress.set_metrics({**last_train, **{f"eval_{k}": v for k, v in last_eval.items()}})
+            if (checkpoint_every and done % checkpoint_every == 0) or done == steps:
+                checkpointer.save(done, state, config_dict)
+        if start == steps and eval_fn is not None and is_main:
+            last_eval = run_eval(steps, state)
+    finally:
+        progress.close()
+        checkpointer.close()
+
+    # ---- finish -------------------------------------------------------------------------
+    if is_main:
+        plot_loss_curve(metrics_log.records(), workdir / "loss.png", title=workdir.name)
+        if export_fn is not None:
+            export_fn(shd.local_copy(state))
+    summary = dict(last_train)
+    summary.update({f"eval_{k}": v for k, v in last_eval.items()})
+    return FitResult(state=state, metrics=summary, step=steps, resumed_from=resumed_from,
+                     steps_run=max(0, steps - start))
+
+
+# ---- NNX / optax helpers ----------------------------------------------------------------------
+
+def split_model_and_optimizer(model, tx, *, wrt=None):
+    """``nnx.split((model, nnx.Optimizer(model, tx, wrt=wrt)))`` once, for a functional loop.
+
+    Args:
+      model: an `nnx.Module` (its BatchNorm statistics etc. become non-param state).
+      tx: an `optax.GradientTransformation`.
+      wrt: which variables the optimizer updates (default `nnx.Param`).
+    Returns:
+      ``(graphdef, state)``: `nnx.merge(graphdef, state)` gives back ``(model, optimizer)``.
+    """
+    from flax import nnx
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param if wrt is None else wrt)
+    return nnx.split((model, optimizer))
+
+
+def abstract_model_and_optimizer(build: Callable[[], Any], tx, *, wrt=None):
+    """Like `split_model_and_optimizer` but without running `build` (shape evaluation only).
+
+    Returns ``(graphdef, init_state)`` where ``init_state()`` builds the real state; pass it to
+    `fit(init_state=...)` so a resumed run never pays for initialisation.
+    """
+    from flax import nnx
+
+    def init():
+        return split_model_and_optimizer(build(), tx, wrt=wrt)[1]
+
+    graphdef, _ = nnx.eval_shape(lambda: split_model_and_optimizer(build(), tx, wrt=wrt))
+    return graphdef, init
+
+
+def merge_model(graphdef, state):
+    """The model (first element) of ``nnx.merge(graphdef, state)`` for eval/export."""
+    from flax import nnx
+    merged = nnx.merge(graphdef, state)
+    return merged[0] if isinstance(merged, tuple) else merged
+
+
+def make_supervised_step(graphdef, loss_fn: Callable, *, has_aux: bool = False):
+    """A pure step for one model + one optimizer (the flax "functional training loop").
+
+    Args:
+      graphdef: from `split_model_and_optimizer`.
+      loss_fn: ``loss_fn(model, batch, key) -> loss`` (or ``(loss, aux dict)`` with `has_aux`);
+        the model is in train mode; BatchNorm statistics it updates are kept.
+    Returns:
+      ``train_step(state, batch, key) -> (state, {"loss": ..., **aux})`` for `fit`.
+    """
+    from flax import nnx
+
+    def train_step(state, batch, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        model.train()
+
+        def objective(model):
+            return loss_fn(model, batch, key)
+
+        if has_aux:
+            (loss, aux), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+        else:
+            loss, grads = nnx.value_and_grad(objective)(model)
+            aux = {}
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), {"loss": loss, **aux}
+
+    return train_step
+
+
+def make_optimizer(cfg, *, steps: int):
+    """optax transformation from an `OptimConfig`-like object (name, lr, schedule, clip, ...)."""
+    import optax
+    lr = cfg.lr
+    schedule = getattr(cfg, "schedule", "constant")
+    warmup = int(getattr(cfg, "warmup_steps", 0))
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.lr, max(1, steps))
+    elif schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(1, warmup), max(warmup + 1, steps))
+    elif schedule != "constant":
+        raise InputError(f"unknown schedule {schedule!r}")
+    name = cfg.name
+    if name == "adam":
+        tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+    elif name == "adamw":
+        tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    elif name == "rmsprop":
+        tx = optax.rmsprop(lr)
+    elif name == "sgd":
+        tx = optax.sgd(lr, momentum=cfg.momentum or None)
+    else:
+        raise InputError(f"unknown optimizer {name!r}")
+    clip = float(getattr(cfg, "grad_clip", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
