@@ -450,9 +450,12 @@ def _read_rsciio(path: Path, channel: int | None, plugin: str, **kwargs):
     try:
         module = importlib.import_module(f"rsciio.{plugin}")
     except ImportError:
-        raise MissingExtraError(f"reading {path.suffix.lower()} files needs the optional extra: "
+        raise MissingExtraError(f"{path}: reading {path.suffix.lower()} files needs the optional extra: "
                                 'pip install "jaxdn[formats]"') from None
-    signals = module.file_reader(str(path), **kwargs)
+    try:
+        signals = module.file_reader(str(path), **kwargs)
+    except ModuleNotFoundError as err:  # e.g. Velox EDS files need `sparse` even for their images
+        raise MissingExtraError(f"{path}: {str(err).splitlines()[0]}") from None
     images = [s for s in signals if sum(not a.get("navigate", False) for a in s["axes"]) == 2
               or (np.ndim(s["data"]) == 2)]
     if not images:
