@@ -9,7 +9,8 @@ Readers, one small function per format, picked by extension:
 
 | extension | library | calibration |
 |---|---|---|
-| .tif .tiff | tifffile (plain, multi-page, ImageJ hyperstack, OME, FEI/Thermo) | ImageJ unit + XResolution, OME PhysicalSizeX, FEI PixelWidth, ResolutionUnit=cm |
+| .tif .tiff | tifffile (plain, multi-page, ImageJ hyperstack, OME, FEI/Thermo) | ImageJ unit +
+  XResolution, OME PhysicalSizeX, FEI PixelWidth, ResolutionUnit=cm |
 | .png .jpg .jpeg .bmp | imageio | the `jaxdn` text chunk written by `write` (PNG) |
 | .npy .npz | numpy | `pixel_size` and `unit` arrays in a .npz written by `write` |
 | .mrc | mrcfile | voxel size (Å) |
@@ -811,8 +812,9 @@ def _write_tiff(tmp: Path, image: Image) -> None:
                 meta["unit"] = _IMAGEJ_UNIT.get(image.unit, image.unit)
         tifffile.imwrite(tmp, data, imagej=True, metadata=meta, **kwargs)
     else:  # ImageJ cannot hold more than 4 GB: BigTIFF with centimetre resolution
-        if image.pixel_size is not None and image.unit == "nm":
-            kwargs.update(resolution=(1e7 / image.pixel_size, 1e7 / image.pixel_size), resolutionunit="CENTIMETER")
+        per_cm = 1e7 / image.pixel_size if image.pixel_size is not None and image.unit == "nm" else None
+        if per_cm is not None and per_cm < 4e9:  # TIFF rationals are 32-bit
+            kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
         tifffile.imwrite(tmp, data, bigtiff=True, metadata={"axes": axes}, **kwargs)
 
 
