@@ -21,7 +21,9 @@ def to_float32(array: np.ndarray) -> np.ndarray:
         raise InputError("complex-valued images are not supported; pass the magnitude or a real part")
     if array.dtype == np.float32:
         return array
-    if array.dtype.kind in "iub":
+    if array.dtype.kind == "b" or (array.dtype.kind in "iu" and array.dtype.itemsize <= 2):
+        return array.astype(np.float32)  # exact for 8/16-bit integers
+    if array.dtype.kind in "iu":
         return array.astype(np.float64).astype(np.float32)
     if array.dtype.kind == "f":
         with np.errstate(over="ignore"):
