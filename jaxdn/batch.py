@@ -1,6 +1,9 @@
 """File-level denoising: input paths -> output paths, with safety checks, provenance and reports.
 
 The CLI calls `expand_inputs`, `output_path_for` and `denoise_file`; nothing here parses arguments.
+Stacks written to .tif/.tiff/.npy are streamed chunk by chunk (`jaxdn.stream`), so memory does not
+grow with the number of frames; single images and other output formats are denoised in memory.
+Both paths write atomically with the same calibration and provenance sidecar.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ class FileResult:
     filled_nonfinite: int = 0
     report: Path | None = None
     error: str | None = None
+    skipped: bool = False          # --resume found a complete output
+    streamed: bool = False         # written chunk by chunk
 
 
 def _is_supported(path: Path) -> bool:
@@ -69,16 +74,47 @@ def check_output(input_path: Path, output_path: Path, *, overwrite: bool) -> Non
 
 def denoise_file(input_path: Path, output_path: Path, *, method: str = api.DEFAULT_METHOD, weights=None,
                  seed: int = 0, overwrite: bool = False, report: bool = False, fill_nonfinite: bool = False,
-                 channel: int | None = None, progress: bool = False, options: dict[str, Any] | None = None) -> FileResult:
+                 channel: int | None = None, progress: bool = False, options: dict[str, Any] | None = None,
+                 resume: bool = False, batch_frames: int | None = None, stream: bool | None = None) -> FileResult:
     """Read, denoise and write one file (atomically), keeping calibration; never touches the input.
 
+    Args:
+      resume: return at once (``skipped=True``) when the output and its sidecar already exist and
+        the sidecar records this method and the input's current SHA-256.
+      batch_frames: frames per chunk when streaming a stack (default from the memory budget).
+      stream: force (True) or forbid (False) chunked streaming; default: stacks written to
+        .tif/.tiff/.npy are streamed.
     Raises `JaxdnError` subclasses for bad input; the output is written only after a complete result.
     """
     from . import validate
+    from . import stream as _stream
+    input_path, output_path = Path(input_path), Path(output_path)
     options = dict(options or {})
+    if resume and _stream.is_complete(input_path, output_path, method=method):
+        return FileResult(input=input_path, output=output_path, skipped=True)
     check_output(input_path, output_path, overwrite=overwrite)
     api.method_function(method)  # refuse unavailable methods before reading anything
-    image = io.read(input_path, channel=channel)
+    image = None
+    if stream is not False and _stream.can_stream(output_path):
+        if input_path.suffix.lower() in _stream.LAZY_INPUTS:
+            lazy = io.open_lazy(input_path, channel=channel)      # memory-mapped / page-wise
+        else:                                                      # read once, then slice
+            image = io.read(input_path, channel=channel)
+            lazy = _stream.lazy_from_image(image)
+        if stream or len(lazy.shape) == 3:
+            res = _stream.denoise_stack(input_path, output_path, method=method, weights=weights, seed=seed,
+                                        overwrite=overwrite, fill_nonfinite=fill_nonfinite, channel=channel,
+                                        progress=progress, options=options, batch_frames=batch_frames,
+                                        stack=lazy)
+            rep = None
+            if report:
+                from .report import save_report
+                rep = save_report(res.output.with_name(res.output.stem + "_report.png"), res.first_noisy,
+                                  res.first_denoised, pixel_size=res.pixel_size, unit=res.unit,
+                                  title=f"{input_path.name} — {method}")
+            return FileResult(input=input_path, output=res.output, shape=res.shape,
+                              filled_nonfinite=res.filled_nonfinite, report=rep, streamed=True)
+    image = io.read(input_path, channel=channel) if image is None else image
     data, n_filled = validate.fill_nonfinite(image.data, fill=fill_nonfinite)
     image = replace(image, data=data)
     result = api.denoise(image, method, weights=weights, seed=seed, progress=progress, **options)

@@ -47,12 +47,30 @@ def _add_denoise(sub) -> None:
     p.add_argument("--patch-size", type=int, help="REUCID: odd patch size (default: from the PSF)")
     p.add_argument("--memory-budget", type=_size_bytes, help="memory budget, e.g. 2G (default: a safe fraction of free memory)")
     p.add_argument("--max-stacks", type=int, help="REUCID: stop after this many patch stacks (interim result)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output and sidecar exist for the same input (SHA-256) and method")
+    p.add_argument("--batch-frames", type=int, help="frames per chunk when streaming stacks (default: from the memory budget)")
+    g = p.add_argument_group("multi-process (one process per host; files are split between processes)")
+    g.add_argument("--coordinator", help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, help="number of processes (default: $JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process's id 0..N-1 (default: $JAX_PROCESS_ID)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
 
 def _cmd_denoise(args) -> int:
+    from .stream import interrupt_on_sigterm
+    with interrupt_on_sigterm():
+        return _denoise_files(args)
+
+
+def _denoise_files(args) -> int:
     from tqdm import tqdm
     from . import batch
+    from .sharding import maybe_initialize_distributed, process_share
+
+    multi = maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.batch_frames is not None and args.batch_frames < 1:
+        raise JaxdnError("--batch-frames must be at least 1")
 
     inputs = list(args.inputs)
     if args.example:
@@ -72,7 +90,13 @@ def _cmd_denoise(args) -> int:
     outs = [t for _, t in targets]
     if len(set(map(str, outs))) != len(outs):
         raise JaxdnError("two inputs would write the same output name; denoise them into different folders")
-    single = len(targets) == 1
+    single = len(targets) == 1 and not multi
+    if multi:  # every process sees the same sorted list and takes its contiguous share
+        import jax
+        targets = process_share(targets)
+        if not args.quiet:
+            print(f"jaxdn: process {jax.process_index()} of {jax.process_count()}: {len(targets)} files",
+                  file=sys.stderr)
     failed = 0
     bar = tqdm(targets, desc="files", unit="file", disable=args.quiet or single)
     for inp, out in bar:
@@ -80,12 +104,17 @@ def _cmd_denoise(args) -> int:
             res = batch.denoise_file(inp, out, method=args.method, weights=args.weights, seed=args.seed,
                                      overwrite=args.overwrite, report=args.report,
                                      fill_nonfinite=args.fill_nonfinite, channel=args.channel,
-                                     progress=not args.quiet, options=options)
+                                     progress=not args.quiet, options=options, resume=args.resume,
+                                     batch_frames=args.batch_frames)
         except JaxdnError as err:
             if single:
                 raise
             failed += 1
             tqdm.write(f"jaxdn: skipped {inp}: {err}", file=sys.stderr)
+            continue
+        if res.skipped:
+            if not args.quiet:
+                tqdm.write(f"{inp} -> {res.output} already complete (--resume)")
             continue
         if not args.quiet:
             msg = f"{inp} -> {res.output} {res.shape}"
@@ -94,6 +123,9 @@ def _cmd_denoise(args) -> int:
             if res.report:
                 msg += f"; report {res.report}"
             tqdm.write(msg)
+    if multi:  # wait for every process, so no one tears down the coordinator under the others
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxdn denoise done")
     if failed:
         print(f"jaxdn: {failed} of {len(targets)} files failed", file=sys.stderr)
         return EXIT_PARTIAL
