@@ -171,3 +171,203 @@ def edited_ief(noisy, denoised, clean, *, alpha, c=0.64):
     """
     alpha = jnp.asarray(alpha, jnp.float32)
     return (ief(noisy, denoised, clean) / jnp.power(jnp.float32(c), alpha)).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-scale SSIM
+# ---------------------------------------------------------------------------------------------
+
+
+def _gauss1d(win, sigma):
+    r = jnp.arange(win, dtype=jnp.float32) - (win - 1) / 2.0
+    g = jnp.exp(-r * r / (2.0 * sigma * sigma))
+    return g / jnp.sum(g)
+
+
+def _gauss_valid(a, g):
+    """Separable 'valid' correlation of the last two axes with the 1-D kernel ``g`` (len K)."""
+    k = g.shape[0]
+    h, w = a.shape[-2] - k + 1, a.shape[-1] - k + 1
+    rows = sum(g[i] * a[..., i : i + h, :] for i in range(k))
+    return sum(g[j] * rows[..., :, j : j + w] for j in range(k))
+
+
+def _ssim_terms_gauss(x, y, rng, win, sigma, k1, k2):
+    """Mean luminance and contrast-structure terms with a Gaussian window (valid positions)."""
+    g = _gauss1d(win, sigma)
+    off = jnp.mean(y, axis=(-2, -1), keepdims=True)
+    xs, ys = x - off, y - off
+    f = lambda a: _gauss_valid(a, g)
+    ux, uy = f(xs), f(ys)
+    vx = f(xs * xs) - ux * ux
+    vy = f(ys * ys) - uy * uy
+    vxy = f(xs * ys) - ux * uy
+    mx, my = ux + off, uy + off
+    c1 = jnp.square(k1 * rng)[..., None, None]
+    c2 = jnp.square(k2 * rng)[..., None, None]
+    lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    cs = (2 * vxy + c2) / (vx + vy + c2)
+    return jnp.mean(lum, axis=(-2, -1)), jnp.mean(cs, axis=(-2, -1))
+
+
+def _down2(a):
+    h, w = (a.shape[-2] // 2) * 2, (a.shape[-1] // 2) * 2
+    a = a[..., :h, :w]
+    return 0.25 * (a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2])
+
+
+def ms_ssim(x, ref, *, data_range=1.0, weights=MS_SSIM_WEIGHTS, win_size=11, sigma=1.5,
+            k1=0.01, k2=0.03):
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003).
+
+    ``MS-SSIM = l_M^{w_M} · Π_{j=1..M} cs_j^{w_j}`` over M = ``len(weights)`` scales (default 5,
+    weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333). At each scale the contrast-structure term cs
+    is the mean over 'valid' positions of an ``win_size``² Gaussian window (σ = ``sigma``); the
+    luminance term l only at the coarsest scale; between scales a 2×2 average downsamples (odd
+    rows/columns dropped). When a scale is smaller than the window, the window shrinks to the
+    largest odd size that fits (same σ), so 128² inputs work. Negative terms are clipped to 0
+    before the fractional powers (as in common implementations), so the result is in [0, 1].
+
+    Args:
+      x: test image(s), (..., H, W).
+      ref: reference image(s), same shape.
+      data_range: R in ``C1 = (k1 R)², C2 = (k2 R)²``.
+      weights: per-scale exponents, finest first.
+
+    Returns:
+      MS-SSIM with shape ``x.shape[:-2]`` (float32).
+    """
+    x, ref = _check_pair(x, ref)
+    m = len(weights)
+    if min(x.shape[-2:]) >> (m - 1) < 3:
+        raise ValueError(f"image side {min(x.shape[-2:])} too small for {m} scales (need >= {3 << (m - 1)})")
+    rng = jnp.broadcast_to(jnp.asarray(data_range, jnp.float32), x.shape[:-2])
+    out = jnp.ones(x.shape[:-2], jnp.float32)
+    for j, wj in enumerate(weights):
+        side = min(x.shape[-2:])
+        win = min(win_size, side if side % 2 else side - 1)
+        lum, cs = _ssim_terms_gauss(x, ref, rng, win, sigma, k1, k2)
+        out = out * jnp.power(jnp.maximum(cs, 0.0), wj)
+        if j == m - 1:
+            out = out * jnp.power(jnp.maximum(lum, 0.0), wj)
+        else:
+            x, ref = _down2(x), _down2(ref)
+    return out.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Consecutive-frame similarity (Noise2Atom eq. 10)
+# ---------------------------------------------------------------------------------------------
+
+
+def css(movie, *, c1=1e-4, c2=9e-4):
+    """Consecutive similarity (CSS), Noise2Atom paper eq. 10, between frames n and n+1.
+
+    ``CSS = (2 E_n E_{n+1} + C1)(2 σ_{n,n+1} + C2) / ((E_n² + E_{n+1}² + C1)(σ_n² + σ_{n+1}² + C2))``
+    with whole-frame means E, (population) variances σ² and covariance σ_{n,n+1}, C1 = 1e-4,
+    C2 = 9e-4 (images in [0, 1]). Note the paper's caveat: a constant output also scores 1.
+
+    Args:
+      movie: (..., T, H, W) frames, T ≥ 2.
+
+    Returns:
+      (..., T-1) CSS per consecutive pair, float32.
+    """
+    movie = jnp.asarray(movie, jnp.float32)
+    if movie.ndim < 3 or movie.shape[-3] < 2:
+        raise ValueError(f"expected a movie (..., T, H, W) with T >= 2, got {movie.shape}")
+    a, b = movie[..., :-1, :, :], movie[..., 1:, :, :]
+    ea = jnp.mean(a, axis=(-2, -1))
+    eb = jnp.mean(b, axis=(-2, -1))
+    da = a - ea[..., None, None]
+    db = b - eb[..., None, None]
+    va = jnp.mean(da * da, axis=(-2, -1))
+    vb = jnp.mean(db * db, axis=(-2, -1))
+    cov = jnp.mean(da * db, axis=(-2, -1))
+    out = (2 * ea * eb + c1) * (2 * cov + c2) / ((ea * ea + eb * eb + c1) * (va + vb + c2))
+    return out.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atom-column finding (NumPy)
+# ---------------------------------------------------------------------------------------------
+
+
+def find_atoms(image, *, min_distance=3, threshold_rel=0.3, smooth=1.0, refine=True):
+    """Locate bright atomic columns as local maxima.
+
+    Gaussian smoothing (σ = ``smooth`` px, 0 to skip), then ``skimage.feature.peak_local_max``
+    (``min_distance``, ``threshold_rel``, peaks at the border allowed); with ``refine`` each peak is
+    moved to the intensity-weighted centroid of its 3×3 neighbourhood (background-subtracted) for
+    sub-pixel positions.
+
+    Args:
+      image: (H, W) array.
+      min_distance: minimum peak separation in px.
+      threshold_rel: minimum peak height as a fraction of the (smoothed) maximum above minimum.
+
+    Returns:
+      (N, 2) float64 NumPy array of (row, col) positions in px.
+    """
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"find_atoms expects one (H, W) image, got shape {img.shape}")
+    if smooth > 0:
+        img = ndimage.gaussian_filter(img, smooth, mode="nearest")
+    lo = img.min()
+    rel_img = img - lo
+    peaks = peak_local_max(rel_img, min_distance=int(min_distance), threshold_rel=threshold_rel,
+                           exclude_border=False)
+    peaks = peaks.astype(np.float64)
+    if refine and len(peaks):
+        pad = np.pad(rel_img, 1, mode="edge")
+        r = peaks[:, 0].astype(int) + 1
+        c = peaks[:, 1].astype(int) + 1
+        off = np.array([-1, 0, 1])
+        nb = pad[r[:, None, None] + off[None, :, None], c[:, None, None] + off[None, None, :]]
+        wts = nb - nb.min(axis=(1, 2), keepdims=True)
+        tot = wts.sum(axis=(1, 2))
+        ok = tot > 0
+        dr = (wts * off[None, :, None]).sum(axis=(1, 2))
+        dc = (wts * off[None, None, :]).sum(axis=(1, 2))
+        peaks[ok, 0] += dr[ok] / tot[ok]
+        peaks[ok, 1] += dc[ok] / tot[ok]
+    return peaks
+
+
+def atom_f1(found, truth, *, tolerance=2.0):
+    """Precision, recall and F1 of found atom positions against known ones.
+
+    Positions are matched one-to-one (optimal assignment, ``scipy.optimize.linear_sum_assignment``,
+    maximising the number of pairs closer than ``tolerance`` px, then their total distance).
+
+    Args:
+      found: (N, 2) detected (row, col) positions.
+      truth: (M, 2) true (row, col) positions.
+      tolerance: maximum matching distance in px.
+
+    Returns:
+      (precision, recall, f1) as Python floats. Both empty → (1, 1, 1); an empty side with the
+      other non-empty gives 0 for the undefined ratios.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    found = np.asarray(found, np.float64).reshape(-1, 2)
+    truth = np.asarray(truth, np.float64).reshape(-1, 2)
+    n, m = len(found), len(truth)
+    if n == 0 and m == 0:
+        return 1.0, 1.0, 1.0
+    matches = 0
+    if n and m:
+        d = np.linalg.norm(found[:, None, :] - truth[None, :, :], axis=-1)
+        big = tolerance * (n + m + 1) + 1.0
+        cost = np.where(d <= tolerance, d, big)
+        ri, ci = linear_sum_assignment(cost)
+        matches = int(np.sum(d[ri, ci] <= tolerance))
+    precision = matches / n if n else 0.0
+    recall = matches / m if m else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return float(precision), float(recall), float(f1)
