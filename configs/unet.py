@@ -1,0 +1,89 @@
+"""TEM U-Net (Chae et al.), one model per noise model: G, SP, G&SP, BB+G.
+
+Run (shipped weights, 2-core CPU):
+  ``jaxdn train unet-g --config configs/unet.py:g --workdir runs/unet-g``   (likewise sp, gsp, bbg)
+then copy ``runs/unet-<m>/unet_<m>.npz`` to ``jaxdn/weights/``. The noise model comes from the
+method name (``unet-<m>``); the variants ``g``/``sp``/``gsp``/``bbg`` only set it for direct use.
+
+Variants:
+  * ``g``, ``sp``, ``gsp``, ``bbg`` (= ``default`` for g): the shipped CPU budget — the paper's
+    network structure, data and loss (MAE, Adam 1e-3) with half the channel widths (16/32/64,
+    the paper prints none) and a short run, so that each model trains in ~10 min on a shared
+    2-core CPU. Cosine decay of the learning rate (from the paper's 1e-3) because a short run
+    gains more from annealing than from a constant rate.
+  * ``paper``: the paper's setting as far as it is printed: 32/64/128 widths, batch 32, Adam 1e-3
+    constant, MAE, 150 epochs of ~9000 patches (≈ 42 000 steps of 32).
+  * ``fast``: the shipped model with bf16 convolutions and batch 64 (a config, not a fork).
+  * ``tiny``: a few steps on a tiny pool, for tests.
+
+Shipped-weights record (filled in after training; see benchmarks/results/supervised.md):
+  see TRAINING_RECORD below.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdn.train.config import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetModelConfig:
+    widths: tuple[int, int, int] = (16, 32, 64)
+    bn_momentum: float = 0.9
+    im2col_first: bool = True     # 1-channel first conv as an im2col matmul (same math, faster on CPU)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetDataConfig:
+    n_images: int = 30            # clean 512² combined graphene images in the pool (80 % train)
+    image_size: int = 512
+    layouts: tuple[int, ...] = (3, 4, 2)   # 3×3, 4×4, 2×2 tiles, cycled (paper: 5, 3, 3 images)
+    val_fraction: float = 0.2
+    patch: int = 64
+    shifts: tuple[int, ...] = (0, 8, 10, 12)
+    c_values: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25)
+    pool_seed: int = 1234         # the pool (train and held-out images) does not depend on `seed`
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    noise_model: str = "g"        # "g" | "sp" | "gsp" | "bbg"; the CLI method name overrides it
+    steps: int = 600
+    batch_size: int = 16
+    seed: int = 0
+    loss: str = "mae"             # paper: mean absolute error
+    log_every: int = 25
+    eval_every: int = 200
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    compute_dtype: str = "float32"
+    model: UNetModelConfig = UNetModelConfig()
+    data: UNetDataConfig = UNetDataConfig()
+    optim: OptimConfig = OptimConfig(name="adam", lr=1e-3, schedule="cosine")
+
+
+TRAINING_RECORD = {}  # noise model -> {"command", "wall_s", "metrics"}; written after training
+
+
+def get_config(variant: str = "default") -> UNetConfig:
+    base = UNetConfig()
+    variants = {
+        "default": base,
+        "g": base,
+        "sp": dataclasses.replace(base, noise_model="sp"),
+        "gsp": dataclasses.replace(base, noise_model="gsp"),
+        "bbg": dataclasses.replace(base, noise_model="bbg"),
+        "paper": dataclasses.replace(base, steps=42_000, batch_size=32, log_every=100, eval_every=2000,
+                                     checkpoint_every=1000,
+                                     model=UNetModelConfig(widths=(32, 64, 128), im2col_first=False, bn_momentum=0.99),
+                                     data=dataclasses.replace(base.data, n_images=55),
+                                     optim=OptimConfig(name="adam", lr=1e-3, schedule="constant")),
+        "fast": dataclasses.replace(base, batch_size=64, steps=300, compute_dtype="bfloat16"),
+        "tiny": dataclasses.replace(base, steps=6, batch_size=4, log_every=2, eval_every=0, checkpoint_every=3,
+                                    model=UNetModelConfig(widths=(4, 8, 8)),
+                                    data=dataclasses.replace(base.data, n_images=2, image_size=128, layouts=(2,)),
+                                    optim=OptimConfig(name="adam", lr=3e-3)),
+    }
+    if variant not in variants:
+        raise KeyError(f"variants: {', '.join(variants)}")
+    return variants[variant]
