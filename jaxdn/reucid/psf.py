@@ -1,0 +1,136 @@
+"""Patch size from the point-spread-function width (REUCID step 1).
+
+The width of the PSF is read from the radially averaged autocorrelation function (ACF) of the
+mean-subtracted image (circular ACF by FFT, as in the paper):
+
+* the **first minimum** of the radial profile is the displacement at which the blobs of two
+  shifted copies stop overlapping, i.e. roughly one PSF diameter: ``width = r_min`` (refined to
+  sub-pixel by a parabola through the three bins around the minimum);
+* if the profile has no minimum within the search radius (aperiodic image), the **first
+  inflection** ``r_inf`` (where the profile turns from concave to convex) is used; for a Gaussian
+  PSF of standard deviation σ the ACF is a Gaussian of standard deviation σ√2 whose inflection is
+  at σ√2, so ``width = 2 r_inf`` (≈ 2.8σ ≈ 1.2 FWHM);
+* if neither exists the largest allowed size is returned.
+
+The patch size is the odd integer nearest to ``width``, clamped to ``[min_size, max_size]``.
+
+Only lags up to ``2 * max_size`` px (and at most half the image) enter the radial average, so the
+binning is O(1) after the FFT; everything is jit-able with static shapes.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["acf_radial", "estimate_patch_size", "patch_size_from_profile", "acf_width"]
+
+
+def _max_lag(shape, max_size):
+    h, w = shape
+    return int(max(2, min(2 * max_size, h // 2, w // 2)))
+
+
+def _radius_table(max_lag):
+    """Integer radius (rounded) of every lag in the (2L+1)² window, and the bin counts."""
+    d = np.arange(-max_lag, max_lag + 1)
+    r = np.rint(np.hypot(d[:, None], d[None, :])).astype(np.int32)
+    r = np.where(r <= max_lag, r, max_lag + 1)  # corners go to an overflow bin
+    counts = np.bincount(r.ravel(), minlength=max_lag + 2)[: max_lag + 1]
+    return r, counts.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("max_lag",))
+def _acf_profile(image, max_lag):
+    x = image.astype(jnp.float32)
+    x = x - jnp.mean(x)
+    spec = jnp.fft.rfft2(x)
+    acf = jnp.fft.irfft2(spec * jnp.conj(spec), s=x.shape)
+    # Window of lags [-L, L]² gathered from the four corners of the circular ACF.
+    idx_r = jnp.arange(-max_lag, max_lag + 1) % x.shape[0]
+    idx_c = jnp.arange(-max_lag, max_lag + 1) % x.shape[1]
+    win = acf[idx_r][:, idx_c]
+    r, counts = _radius_table(max_lag)
+    sums = jnp.zeros(max_lag + 2, jnp.float32).at[jnp.asarray(r).ravel()].add(win.ravel())[: max_lag + 1]
+    prof = sums / jnp.asarray(counts)
+    return prof / jnp.maximum(prof[0], jnp.finfo(jnp.float32).tiny)
+
+
+def acf_radial(image, *, max_lag=None):
+    """Radially averaged circular autocorrelation of the mean-subtracted image.
+
+    Args:
+      image: (H, W) or (T, H, W) array; for a stack the frames' profiles are averaged.
+      max_lag: largest radius in px (default: min(62, H // 2, W // 2)).
+
+    Returns:
+      (radii (L+1,) float32 px, profile (L+1,) float32 normalised to 1 at r = 0; all zeros for a
+      constant image).
+    """
+    image = jnp.asarray(image, jnp.float32)
+    if max_lag is None:
+        max_lag = _max_lag(image.shape[-2:], 31)
+    if image.ndim == 3:
+        prof = jnp.mean(jax.vmap(lambda f: _acf_profile(f, max_lag))(image), axis=0)
+    else:
+        prof = _acf_profile(image, max_lag)
+    return jnp.arange(max_lag + 1, dtype=jnp.float32), prof
+
+
+def acf_width(profile):
+    """PSF width in px from a radial ACF profile (first minimum, else twice the first inflection).
+
+    Args:
+      profile: (L+1,) array, profile[r] for integer radius r.
+
+    Returns:
+      (width: float, kind: "minimum" | "inflection" | "none").
+    """
+    p = np.asarray(profile, np.float64)
+    n = p.size
+    if n < 4 or not np.all(np.isfinite(p)) or np.allclose(p, 0):
+        return float("nan"), "none"
+    for r in range(1, n - 1):
+        if p[r] < p[r - 1] and p[r] <= p[r + 1]:
+            den = p[r - 1] - 2 * p[r] + p[r + 1]
+            off = 0.5 * (p[r - 1] - p[r + 1]) / den if den > 0 else 0.0
+            return float(r + np.clip(off, -0.5, 0.5)), "minimum"
+    d2 = p[2:] - 2 * p[1:-1] + p[:-2]  # d2[k] = second difference at r = k + 1
+    # Skip r = 1: white noise puts a spike at r = 0 that makes the profile convex there.
+    for k in range(1, d2.size):
+        if d2[k] >= 0 and d2[k - 1] < 0:
+            r = k + 1
+            frac = -d2[k - 1] / (d2[k] - d2[k - 1])
+            return float(2.0 * (r - 1 + frac)), "inflection"
+    return float("nan"), "none"
+
+
+def patch_size_from_profile(profile, *, min_size=5, max_size=31):
+    """Odd patch size nearest to the ACF width, clamped to [min_size, max_size]."""
+    width, _ = acf_width(profile)
+    if not np.isfinite(width):
+        return int(max_size if max_size % 2 else max_size - 1)
+    p = 2 * int(np.floor(width / 2.0)) + 1
+    lo = min_size if min_size % 2 else min_size + 1
+    hi = max_size if max_size % 2 else max_size - 1
+    return int(min(max(p, lo), hi))
+
+
+def estimate_patch_size(image, *, min_size=5, max_size=31):
+    """Odd patch size ≈ PSF diameter, from the radial ACF (see the module docstring).
+
+    Args:
+      image: (H, W) image, or (T, H, W) stack (the frames' ACF profiles are averaged).
+      min_size, max_size: clamp range (px); the result is odd.
+
+    Returns:
+      Patch size p (int, odd). A constant image gives ``min_size`` (nothing to resolve).
+    """
+    image = jnp.asarray(image, jnp.float32)
+    _, prof = acf_radial(image, max_lag=_max_lag(image.shape[-2:], max_size))
+    prof = np.asarray(prof)
+    if np.allclose(prof, 0):
+        return int(min_size if min_size % 2 else min_size + 1)
+    return patch_size_from_profile(prof, min_size=min_size, max_size=max_size)
