@@ -7,6 +7,6 @@ All functions take an explicit PRNG key first, static shape keywords, return flo
 ``jax.jit``-ed (with the shape keywords static) and ``jax.vmap``-ed over keys.
 """
 
-from . import atoms, noise
+from . import atoms, graphene, noise, stm
 
-__all__ = ["atoms", "noise"]
+__all__ = ["atoms", "graphene", "noise", "stm"]
