@@ -64,37 +64,36 @@ class MetricsLog:
 
 def plot_loss_curve(records: Iterable[dict[str, Any]], path: str | Path, *, title: str = "") -> Path | None:
     """Write a PNG of every ``loss``-like metric against step (train and eval); None if no data."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, fast import
 
     series: dict[str, tuple[list[int], list[float]]] = {}
     for r in records:
         for k, v in r.items():
-            if "loss" in k and isinstance(v, (int, float)):
+            if "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool):
                 name = f"{r.get('kind', 'train')} {k}"
                 xs, ys = series.setdefault(name, ([], []))
                 xs.append(r["step"])
                 ys.append(float(v))
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
+    ax = fig.add_subplot()
     for name, (xs, ys) in sorted(series.items()):
         ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
-    positive = all(y > 0 for _, ys in series.values() for y in ys)
-    if positive:
+    if all(y > 0 for _, ys in series.values() for y in ys):
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

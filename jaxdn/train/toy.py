@@ -18,10 +18,14 @@ from .config import compute_dtype
 
 
 class ToyDenoiser(nnx.Module):
-    """Residual conv denoiser: x + conv(relu(bn(conv(x)))); (B, H, W, 1) float32 in and out."""
+    """Residual conv denoiser: x + conv(relu(bn(conv(x)))); (B, H, W, 1) float32 in and out.
+
+    The first conv has no bias: BatchNorm removes it, so its gradient is pure rounding noise that
+    Adam would amplify into device-count-dependent values.
+    """
 
     def __init__(self, *, channels: int, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, channels, (3, 3), dtype=dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(1, channels, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)  # BN follows
         self.norm = nnx.BatchNorm(channels, dtype=dtype, rngs=rngs)
         self.conv2 = nnx.Conv(channels, 1, (3, 3), dtype=dtype, rngs=rngs)
 
@@ -96,7 +100,7 @@ def train(config, *, workdir: Path, quiet: bool = False, step_delay: float | str
     hooks = [lambda step, state: time.sleep(delay)] if delay > 0 else []
     result = fit(init_state=init_state, train_step=make_supervised_step(graphdef, loss_fn),
                  make_batch=make_batch, steps=config.steps, workdir=workdir, config=config,
-                 seed=config.seed, eval_fn=eval_fn, eval_every=config.eval_every,
+                 seed=config.seed, eval_fn=eval_fn if config.eval_every > 0 else None, eval_every=config.eval_every,
                  log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                  keep_checkpoints=config.keep_checkpoints, export_fn=export, hooks=hooks, quiet=quiet)
     return {**result.metrics, "steps_run": result.steps_run, "resumed_from": result.resumed_from,
