@@ -51,7 +51,10 @@ def save_report(path: str | os.PathLike, noisy: np.ndarray, denoised: np.ndarray
         noisy, denoised = noisy[0], denoised[0]
     residual = noisy - denoised
     h, w = noisy.shape
-    spec_n, spec_d = power_spectrum(noisy), power_spectrum(denoised)
+    def _unit(s):  # each half on its own log scale, so peaks show in both
+        lo, hi = np.percentile(s, [5, 99.9])
+        return np.clip((s - lo) / max(hi - lo, 1e-12), 0, 1)
+    spec_n, spec_d = _unit(power_spectrum(noisy)), _unit(power_spectrum(denoised))
     spectrum = np.concatenate([spec_n[:, : w // 2], spec_d[:, w // 2:]], axis=1)
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), constrained_layout=True)
@@ -61,8 +64,7 @@ def save_report(path: str | os.PathLike, noisy: np.ndarray, denoised: np.ndarray
         (denoised, "denoised", dict(cmap="gray", vmin=lo, vmax=hi)),
         (residual, "residual (noisy − denoised)", dict(cmap="RdBu_r", vmin=-np.abs(_display_range(residual)).max(),
                                                         vmax=np.abs(_display_range(residual)).max())),
-        (spectrum, "power spectrum: noisy | denoised", dict(cmap="magma", vmin=np.percentile(spectrum, 5),
-                                                            vmax=spectrum.max())),
+        (spectrum, "power spectrum: noisy | denoised", dict(cmap="magma", vmin=0, vmax=1)),
     ]
     scale, label_unit = (pixel_size, unit) if pixel_size else (1.0, "px")
     for i, (ax, (img, name, kw)) in enumerate(zip(axes, panels)):
