@@ -207,8 +207,27 @@ PASSTHROUGH = {"train": ("jaxdn.train.cli", "main"), "evaluate": ("jaxdn.evaluat
                "bench": ("jaxdn.bench", "main")}
 
 
+def enable_compilation_cache() -> None:
+    """Persist XLA compilations across CLI runs (~/.cache/jaxdn/xla; JAXDN_CACHE_DIR overrides,
+    JAXDN_NO_CACHE=1 disables), so the second `jaxdn denoise` of a shape skips most compile time."""
+    if os.environ.get("JAXDN_NO_CACHE"):
+        return
+    cache = os.environ.get("JAXDN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxdn", "xla")
+    try:
+        os.makedirs(cache, exist_ok=True)
+        import jax
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except Exception:  # a read-only home or an old JAX must never stop denoising
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("denoise", "train", "evaluate"):
+        enable_compilation_cache()
     if argv and argv[0] in PASSTHROUGH:
         try:
             return _passthrough(*PASSTHROUGH[argv[0]], argv[1:])
