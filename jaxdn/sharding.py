@@ -123,6 +123,10 @@ def replicate(tree, mesh):
     def put(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return x if x.sharding == sharding else jax.jit(lambda a: a, out_shardings=sharding)(x)
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            data = put(jax.random.key_data(x))
+            return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl), out_shardings=sharding)(data)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
