@@ -358,3 +358,31 @@ def test_evaluate_cli_dispatch(capsys, monkeypatch, tmp_path):
     assert evaluate.main(["fake", "-o", str(tmp_path), "--quick", "--seed", "3", "--report"]) == 0
     assert calls == {"method": "fake", "outdir": tmp_path, "quick": True, "seed": 3, "report": True}
     assert json.loads(capsys.readouterr().out)["psnr"] == 30.0
+
+
+def test_interrupt_saves_checkpoint_and_bad_batch_refused(tmp_path):
+    from jaxdn.train.loop import fit
+    init_state, make_batch, train_step, _, _ = _linreg()
+
+    def stop_at_7(step, state):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(init_state=init_state, train_step=train_step, make_batch=make_batch, steps=20,
+            workdir=tmp_path, config={}, checkpoint_every=5, hooks=[stop_at_7], quiet=True)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()} == {"5", "7"}
+    res = fit(init_state=init_state, train_step=train_step, make_batch=make_batch, steps=9,
+              workdir=tmp_path, config={}, quiet=True)
+    assert res.resumed_from == 7 and res.steps_run == 2
+
+    import jax
+    from jaxdn import sharding as shd
+
+    class FakeMesh:  # a 3-device 'data' axis, only for the divisibility check
+        shape = {"data": 3}
+
+    from jaxdn.train.loop import _check_batch
+    with pytest.raises(InputError, match="global batch size 8 .* not divisible by the 3 devices"):
+        _check_batch(jax.eval_shape(make_batch, jax.random.key(0), 0), FakeMesh(), None)
+    _check_batch(jax.eval_shape(make_batch, jax.random.key(0), 0), shd.data_mesh(), None)

@@ -15,7 +15,9 @@ import argparse
 import importlib
 import inspect
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -96,6 +98,17 @@ def call_with_extra(fn: Callable, args: tuple, kwargs: dict, extra: dict, *, met
     return fn(*args, **kwargs, **extra)
 
 
+def _sigterm_as_interrupt():
+    """Let SIGTERM stop training like Ctrl-C (the loop then checkpoints); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxdn train", description="Train a jaxdn model.",
                                 epilog=f"methods: {', '.join(TRAINERS)}; other --options go to the trainer")
@@ -118,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse usage error or --help
         return int(exc.code or 0)
+    previous = _sigterm_as_interrupt()
     try:
         extra = parse_extra(rest)
         train = resolve(TRAINERS, args.method, what="trainer")
@@ -135,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("jaxdn train: interrupted; re-run the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     import jax
     if jax.process_index() == 0 and result:
         print(json.dumps(result, default=str))

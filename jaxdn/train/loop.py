@@ -72,6 +72,23 @@ def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _check_batch(shapes, mesh, batch_spec) -> None:
+    """Refuse batch leaves whose split axis the number of devices does not divide."""
+    import jax
+    spec = tuple(batch_spec) if batch_spec is not None else (shd.DATA_AXIS,)
+    if shd.DATA_AXIS not in spec:
+        return
+    axis = spec.index(shd.DATA_AXIS)
+    d = shd.mesh_size(mesh)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+        if len(leaf.shape) <= axis:
+            raise InputError(f"batch leaf {jax.tree_util.keystr(path)} has shape {leaf.shape}: "
+                             f"no axis {axis} to split over devices")
+        if leaf.shape[axis] % d:
+            raise InputError(f"global batch size {leaf.shape[axis]} (batch leaf {jax.tree_util.keystr(path)}) "
+                             f"is not divisible by the {d} devices; use a multiple of {d}")
+
+
 def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: int,
         workdir: str | Path, config: Any, seed: int = 0,
         eval_fn: Callable[[Any, Any], dict] | None = None, eval_every: int = 0,
@@ -172,6 +189,8 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
         return make_batch(k, step) if data is None else make_batch(k, step, data)
 
     if not host_batches:
+        _check_batch(jax.eval_shape(lambda k, d: _batch(0, k, d), data_key, data), mesh, batch_spec)
+
         def update(state, step, keys, data):
             batch = jax.lax.with_sharding_constraint(_batch(step, keys[0], data), batch_sharding)
             return train_step(state, batch, jax.random.fold_in(keys[1], step))
@@ -199,6 +218,7 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
     last_eval: dict[str, float] = {}
     pending: list[dict[str, Any]] = []
     t_last, n_last = time.perf_counter(), 0
+    done = saved = start
     try:
         for step in range(start, steps):
             step_arr = jnp.asarray(step, jnp.int32)
@@ -228,8 +248,15 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
                 progress.set_metrics({**last_train, **{f"eval_{k}": v for k, v in last_eval.items()}})
             if (checkpoint_every and done % checkpoint_every == 0) or done == steps:
                 checkpointer.save(done, state, config_dict)
+                saved = done
         if start == steps and eval_fn is not None and is_main:
             last_eval = run_eval(steps, state)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM turned into it by the CLI): keep the progress
+        if done > saved and not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)):
+            checkpointer.save(done, state, config_dict)
+            _log(f"interrupted: saved a checkpoint at step {done}; the same command resumes",
+                 enabled=is_main and not quiet)
+        raise
     finally:
         progress.close()
         checkpointer.close()
