@@ -67,6 +67,13 @@ def padded_size(n: int, mesh) -> int:
     return -(-int(n) // d) * d
 
 
+def _is_local(mesh) -> bool:
+    """True when every device of `mesh` belongs to this process (plain `device_put` works)."""
+    import jax
+    me = jax.process_index()
+    return all(d.process_index == me for d in mesh.devices.flat)
+
+
 def _pad_leading(x: np.ndarray, target: int) -> np.ndarray:
     if x.shape[0] == target:
         return x
@@ -77,8 +84,9 @@ def _pad_leading(x: np.ndarray, target: int) -> np.ndarray:
 def shard_batch(tree, mesh, *, pad: bool = False, spec=None):
     """Place a global batch (a pytree of arrays with the batch on axis 0) split over ``'data'``.
 
-    Every process must pass the same full global batch (host NumPy or `jax.Array`); each process
-    keeps only the rows of its own devices. When the batch size is not a multiple of the mesh size,
+    With a mesh of this process's devices (e.g. ``data_mesh(jax.local_devices())``) this is a
+    plain `device_put`. With a mesh spanning several processes, every process must pass the same
+    full global batch (host NumPy); each process keeps only the rows of its own devices. When the batch size is not a multiple of the mesh size,
     `pad=False` raises `InputError`; `pad=True` repeats the last row up to `padded_size(n, mesh)` —
     the caller crops the result back to ``n`` rows.
 
@@ -93,9 +101,10 @@ def shard_batch(tree, mesh, *, pad: bool = False, spec=None):
     import jax
     sharding = batch_sharding(mesh, spec=spec)
     d = mesh_size(mesh)
+    local = _is_local(mesh)
 
     def put(x):
-        if isinstance(x, jax.Array) and jax.process_count() == 1 and x.shape[0] % d == 0:
+        if isinstance(x, jax.Array) and local and x.ndim and x.shape[0] % d == 0:
             return jax.device_put(x, sharding)
         x = np.asarray(x)
         if x.ndim == 0:
@@ -106,7 +115,7 @@ def shard_batch(tree, mesh, *, pad: bool = False, spec=None):
                     f"batch size {x.shape[0]} is not divisible by the {d} devices of the mesh; "
                     f"use a multiple of {d} (or pad=True)")
             x = _pad_leading(x, padded_size(x.shape[0], mesh))
-        if jax.process_count() == 1:
+        if local:
             return jax.device_put(x, sharding)
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
@@ -117,7 +126,7 @@ def replicate(tree, mesh):
     """Copy every array leaf of `tree` onto all devices of `mesh` (replicated sharding)."""
     import jax
     sharding = replicated(mesh)
-    if jax.process_count() == 1:
+    if _is_local(mesh):
         return jax.device_put(tree, sharding)
 
     def put(x):
