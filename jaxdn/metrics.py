@@ -14,6 +14,8 @@ the result has the leading shape (a scalar for a single image).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,24 +70,34 @@ def psnr(x, ref, *, data_range=None):
     return (10.0 * jnp.log10(jnp.square(rng) / mse)).astype(jnp.float32)
 
 
-def _box_valid(a, win):
-    """Mean over win×win windows, 'valid' positions only: (..., H, W) -> (..., H-win+1, W-win+1)."""
-    # Separable running sums via cumsum (exact enough in float32 for images of a few hundred px).
-    c = jnp.cumsum(a, axis=-2)
-    c = jnp.concatenate([jnp.zeros_like(c[..., :1, :]), c], axis=-2)
-    r = c[..., win:, :] - c[..., :-win, :]
-    c = jnp.cumsum(r, axis=-1)
-    c = jnp.concatenate([jnp.zeros_like(c[..., :1]), c], axis=-1)
-    s = c[..., win:] - c[..., :-win]
-    return s / (win * win)
+def _sep_valid(a, g):
+    """Separable 'valid' correlation of the last two axes with the 1-D kernel ``g`` (K,).
+
+    (..., H, W) -> (..., H-K+1, W-K+1), two ``lax.conv_general_dilated`` calls.
+    """
+    lead, (h, w) = a.shape[:-2], a.shape[-2:]
+    k = g.shape[0]
+    x = a.reshape((-1, 1, h, w))
+    dn = ("NCHW", "OIHW", "NCHW")
+    hi = jax.lax.Precision.HIGHEST
+    x = jax.lax.conv_general_dilated(x, g.reshape(1, 1, k, 1), (1, 1), "VALID",
+                                     dimension_numbers=dn, precision=hi)
+    x = jax.lax.conv_general_dilated(x, g.reshape(1, 1, 1, k), (1, 1), "VALID",
+                                     dimension_numbers=dn, precision=hi)
+    return x.reshape(lead + x.shape[-2:])
 
 
-def _box_valid_direct(a, win):
-    """Same as :func:`_box_valid`, by summing shifted slices (more accurate, win² adds)."""
-    h, w = a.shape[-2] - win + 1, a.shape[-1] - win + 1
-    rows = sum(a[..., i : i + h, :] for i in range(win))
-    out = sum(rows[..., :, j : j + w] for j in range(win))
-    return out / (win * win)
+def _moments(x, y, g):
+    """Filtered means, variances and covariance of x and y with the normalised 1-D kernel g.
+
+    A per-image offset is removed first: the moments are shift-invariant and this keeps the float32
+    second moments well conditioned. Returns (mx, my, vx, vy, vxy) on the valid grid.
+    """
+    off = jnp.mean(y, axis=(-2, -1), keepdims=True)
+    xs, ys = x - off, y - off
+    st = _sep_valid(jnp.stack([xs, ys, xs * xs, ys * ys, xs * ys], axis=0), g)
+    ux, uy = st[0], st[1]
+    return ux + off, uy + off, st[2] - ux * ux, st[3] - uy * uy, st[4] - ux * uy
 
 
 def ssim(x, ref, *, data_range=None, win_size=7, k1=0.01, k2=0.03):
@@ -114,22 +126,14 @@ def ssim(x, ref, *, data_range=None, win_size=7, k1=0.01, k2=0.03):
     return jnp.mean(smap, axis=(-2, -1)).astype(jnp.float32)
 
 
+@partial(jax.jit, static_argnames=("win_size", "k1", "k2"))
 def _ssim_map(x, y, rng, win_size, k1, k2):
     rng = jnp.asarray(rng)[..., None, None]
-    # Remove a per-image offset first: SSIM's moments are shift-invariant and this keeps the
-    # float32 second moments well conditioned.
-    off = jnp.mean(y, axis=(-2, -1), keepdims=True)
-    x = x - off
-    y = y - off
-    f = lambda a: _box_valid_direct(a, win_size)
+    g = jnp.full((win_size,), 1.0 / win_size, jnp.float32)
     n = win_size * win_size
     cov_norm = n / (n - 1.0)
-    ux, uy = f(x), f(y)
-    vx = cov_norm * (f(x * x) - ux * ux)
-    vy = cov_norm * (f(y * y) - uy * uy)
-    vxy = cov_norm * (f(x * y) - ux * uy)
-    # Means enter the luminance term without the offset.
-    mx, my = ux + off, uy + off
+    mx, my, vx, vy, vxy = _moments(x, y, g)
+    vx, vy, vxy = cov_norm * vx, cov_norm * vy, cov_norm * vxy
     c1 = jnp.square(k1 * rng)
     c2 = jnp.square(k2 * rng)
     lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
@@ -184,25 +188,9 @@ def _gauss1d(win, sigma):
     return g / jnp.sum(g)
 
 
-def _gauss_valid(a, g):
-    """Separable 'valid' correlation of the last two axes with the 1-D kernel ``g`` (len K)."""
-    k = g.shape[0]
-    h, w = a.shape[-2] - k + 1, a.shape[-1] - k + 1
-    rows = sum(g[i] * a[..., i : i + h, :] for i in range(k))
-    return sum(g[j] * rows[..., :, j : j + w] for j in range(k))
-
-
 def _ssim_terms_gauss(x, y, rng, win, sigma, k1, k2):
     """Mean luminance and contrast-structure terms with a Gaussian window (valid positions)."""
-    g = _gauss1d(win, sigma)
-    off = jnp.mean(y, axis=(-2, -1), keepdims=True)
-    xs, ys = x - off, y - off
-    f = lambda a: _gauss_valid(a, g)
-    ux, uy = f(xs), f(ys)
-    vx = f(xs * xs) - ux * ux
-    vy = f(ys * ys) - uy * uy
-    vxy = f(xs * ys) - ux * uy
-    mx, my = ux + off, uy + off
+    mx, my, vx, vy, vxy = _moments(x, y, _gauss1d(win, sigma))
     c1 = jnp.square(k1 * rng)[..., None, None]
     c2 = jnp.square(k2 * rng)[..., None, None]
     lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
@@ -242,6 +230,12 @@ def ms_ssim(x, ref, *, data_range=1.0, weights=MS_SSIM_WEIGHTS, win_size=11, sig
     if min(x.shape[-2:]) >> (m - 1) < 3:
         raise ValueError(f"image side {min(x.shape[-2:])} too small for {m} scales (need >= {3 << (m - 1)})")
     rng = jnp.broadcast_to(jnp.asarray(data_range, jnp.float32), x.shape[:-2])
+    return _ms_ssim(x, ref, rng, tuple(float(w) for w in weights), win_size, sigma, k1, k2)
+
+
+@partial(jax.jit, static_argnames=("weights", "win_size", "sigma", "k1", "k2"))
+def _ms_ssim(x, ref, rng, weights, win_size, sigma, k1, k2):
+    m = len(weights)
     out = jnp.ones(x.shape[:-2], jnp.float32)
     for j, wj in enumerate(weights):
         side = min(x.shape[-2:])
