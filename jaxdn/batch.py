@@ -80,7 +80,8 @@ def denoise_file(input_path: Path, output_path: Path, *, method: str = api.DEFAU
 
     Args:
       resume: return at once (``skipped=True``) when the output and its sidecar already exist and
-        the sidecar records this method and the input's current SHA-256.
+        the sidecar records this method and the input's current SHA-256; a sidecar whose output
+        is missing is replaced. Existing outputs that do not match still need `overwrite`.
       batch_frames: frames per chunk when streaming a stack (default from the memory budget).
       stream: force (True) or forbid (False) chunked streaming; default: stacks written to
         .tif/.tiff/.npy are streamed.
@@ -92,6 +93,8 @@ def denoise_file(input_path: Path, output_path: Path, *, method: str = api.DEFAU
     options = dict(options or {})
     if resume and _stream.is_complete(input_path, output_path, method=method):
         return FileResult(input=input_path, output=output_path, skipped=True)
+    if resume and not output_path.exists() and _stream.sidecar_path(output_path).is_file():
+        overwrite = True  # a sidecar without its output is a leftover of an interrupted run: replace it
     check_output(input_path, output_path, overwrite=overwrite)
     api.method_function(method)  # refuse unavailable methods before reading anything
     image = None

@@ -75,6 +75,23 @@ def lazy_from_image(image: io.Image) -> io.LazyStack:
                         lambda a, b: data[a:b])
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so that per-chunk allocations
+    in long streams do not pile up as fragmented heap; a no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
 def _file_reader(lazy: io.LazyStack):
     """Frames of an uncompressed .npy or contiguous TIFF read with plain file reads, or None.
 
@@ -208,7 +225,7 @@ def _write_npy(tmp: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...]) 
         np.lib.format.write_array_header_1_0(fh, header)
         for chunk in chunks:
             data = np.ascontiguousarray(chunk, dtype="<f4")
-            fh.write(data.tobytes())
+            fh.write(memoryview(data).cast("B"))
             written += data.shape[0]
     if written != shape[0]:
         raise RuntimeError(f"streamed {written} frames, expected {shape[0]}")
@@ -298,6 +315,8 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
                     state["first_out"] = out[0].copy()
                 bar.update(m)
                 yield out
+                del block, data, out
+                _release_free_memory()
         finally:
             bar.close()
 
