@@ -36,7 +36,8 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int = 3):
         import orbax.checkpoint as ocp
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
+                                               cleanup_tmp_directories=True)  # left by a killed run
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))
 
