@@ -152,58 +152,62 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
 
     # ---- restore or init --------------------------------------------------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", keep=keep_checkpoints)
-    latest = checkpointer.latest_step()
-    resumed_from = None
-    if latest is not None:
-        meta = checkpointer.read_meta(latest)
-        diff = config_lib.config_diff(meta["config"], config_dict, ignore=config_lib.RESUME_SAFE_KEYS)
-        if diff and not allow_config_change:
-            checkpointer.close()
-            raise InputError(
-                f"{workdir} holds a run with a different config ({'; '.join(diff[:4])}); "
-                "use a new --workdir, or allow the change explicitly")
-        abstract = jax.eval_shape(init_state) if callable(init_state) else init_state
-        state, _ = checkpointer.restore(latest, _abstract(abstract, state_sharding))
-        resumed_from = latest
-        _log(f"resuming from checkpoint at step {latest} in {workdir / 'checkpoints'}",
-             enabled=is_main and not quiet)
-    else:
-        if callable(init_state):  # one compiled program instead of many eager initialiser ops
-            state = jax.jit(init_state, out_shardings=state_sharding)()
+    try:
+        latest = checkpointer.latest_step()
+        resumed_from = None
+        if latest is not None:
+            meta = checkpointer.read_meta(latest)
+            diff = config_lib.config_diff(meta["config"], config_dict, ignore=config_lib.RESUME_SAFE_KEYS)
+            if diff and not allow_config_change:
+                raise InputError(
+                    f"{workdir} holds a run with a different config ({'; '.join(diff[:4])}); "
+                    "use a new --workdir, or allow the change explicitly")
+            abstract = jax.eval_shape(init_state) if callable(init_state) else init_state
+            state, _ = checkpointer.restore(latest, _abstract(abstract, state_sharding))
+            resumed_from = latest
+            _log(f"resuming from checkpoint at step {latest} in {workdir / 'checkpoints'}",
+                 enabled=is_main and not quiet)
         else:
-            state = shd.replicate(init_state, mesh)
-    start = 0 if latest is None else min(latest, steps)
-    if latest is not None and latest > steps:
-        _log(f"checkpoint step {latest} is beyond steps={steps}; nothing to train",
-             enabled=is_main and not quiet)
-        start = steps
+            if callable(init_state):  # one compiled program instead of many eager initialiser ops
+                state = jax.jit(init_state, out_shardings=state_sharding)()
+            else:
+                state = shd.replicate(init_state, mesh)
+        start = 0 if latest is None else min(latest, steps)
+        if latest is not None and latest > steps:
+            _log(f"checkpoint step {latest} is beyond steps={steps}; nothing to train",
+                 enabled=is_main and not quiet)
+            start = steps
 
-    if is_main:
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    metrics_log = MetricsLog(workdir / "metrics.jsonl", enabled=is_main)
-    metrics_log.truncate_after(start)
+        if is_main:
+            (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        metrics_log = MetricsLog(workdir / "metrics.jsonl", enabled=is_main)
+        metrics_log.truncate_after(start)
 
-    # ---- jitted update --------------------------------------------------------------------
-    def _batch(step, data_key, data):
-        k = jax.random.fold_in(data_key, step)
-        return make_batch(k, step) if data is None else make_batch(k, step, data)
+        # ---- jitted update --------------------------------------------------------------------
+        def _batch(step, data_key, data):
+            k = jax.random.fold_in(data_key, step)
+            return make_batch(k, step) if data is None else make_batch(k, step, data)
 
-    if not host_batches:
-        _check_batch(jax.eval_shape(lambda k, d: _batch(0, k, d), data_key, data), mesh, batch_spec)
+        if not host_batches:
+            _check_batch(jax.eval_shape(lambda k, d: _batch(0, k, d), data_key, data), mesh, batch_spec)
 
-        def update(state, step, keys, data):
-            batch = jax.lax.with_sharding_constraint(_batch(step, keys[0], data), batch_sharding)
-            return train_step(state, batch, jax.random.fold_in(keys[1], step))
+            def update(state, step, keys, data):
+                batch = jax.lax.with_sharding_constraint(_batch(step, keys[0], data), batch_sharding)
+                return train_step(state, batch, jax.random.fold_in(keys[1], step))
 
-        jitted = jax.jit(update, in_shardings=(state_sharding, scalar_sharding, state_sharding, state_sharding),
-                         out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
-    else:
-        def update(state, batch, step, keys):
-            return train_step(state, batch, jax.random.fold_in(keys[1], step))
+            jitted = jax.jit(update, in_shardings=(state_sharding, scalar_sharding, state_sharding, state_sharding),
+                             out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
+        else:
+            def update(state, batch, step, keys):
+                return train_step(state, batch, jax.random.fold_in(keys[1], step))
 
-        jitted = jax.jit(update, in_shardings=(state_sharding, batch_sharding, scalar_sharding, state_sharding),
-                         out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
-    data = None if data is None else shd.replicate(data, mesh)
+            jitted = jax.jit(update, in_shardings=(state_sharding, batch_sharding, scalar_sharding, state_sharding),
+                             out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
+        data = None if data is None else shd.replicate(data, mesh)
+
+    except BaseException:
+        checkpointer.close()
+        raise
 
     # ---- loop -----------------------------------------------------------------------------
     def run_eval(step, state) -> dict[str, float]:
