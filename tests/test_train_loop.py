@@ -191,6 +191,13 @@ def test_host_batches_and_data_match_device_batches(tmp_path):
             workdir=tmp_path / "c", config={}, data=pool, quiet=True)
     assert np.all(np.isfinite(np.asarray(c.state["w"])))
 
+    # Batch axis second (e.g. a GAN's (n_critic, B, ...) stack): same data, same result as `a`.
+    from jax.sharding import PartitionSpec as P
+    stacked = fit(init_state=init_state, train_step=lambda st, b, k: train_step(st, jax.tree.map(lambda v: v[0], b), k),
+                  make_batch=lambda k, i: jax.tree.map(lambda v: v[None], make_batch(k, i)), steps=5,
+                  workdir=tmp_path / "d", config={}, batch_spec=P(None, "data"), quiet=True)
+    np.testing.assert_allclose(np.asarray(stacked.state["w"]), np.asarray(a.state["w"]), rtol=1e-6)
+
 
 # ---- subprocess runs of the toy trainer: 1 vs 4 devices, SIGKILL + resume, multi-process -------------
 

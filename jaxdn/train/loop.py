@@ -106,7 +106,8 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
         with the state replicated and donated and the batch split over ``'data'``.
       make_batch: ``(key, step) -> batch`` traced on device (see module doc), or with `data`
         given ``(key, step, data) -> batch``. With ``host_batches=True`` it runs in Python and
-        returns the global batch as NumPy (every process computes the same batch).
+        returns the global batch as NumPy (every process computes the same batch; seed NumPy
+        with ``np.random.default_rng(np.asarray(jax.random.key_data(key)))``).
       steps: total number of updates of the run (not of this call).
       workdir: run folder: ``checkpoints/``, ``config.json``, ``metrics.jsonl``, ``loss.png``.
       config: the config dataclass (or JSON-able dict); saved with every checkpoint. A resumed
