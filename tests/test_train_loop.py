@@ -148,6 +148,7 @@ def test_fit_traces_once_logs_and_exports(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [10, 20, 30]
     assert train[0]["loss"] > train[-1]["loss"] and all(r["steps_per_s"] > 0 for r in train)
+    assert res.first_step_s > 0
     assert [r["step"] for r in records if r["kind"] == "eval"] == [15, 30]
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "config.json").read_text()) == {"kind": "linreg"}

@@ -12,7 +12,7 @@ API (see each module for details)::
                  config=config, seed=0, eval_fn=None, eval_every=0, log_every=50,
                  checkpoint_every=0, keep_checkpoints=3, export_fn=None, data=None,
                  host_batches=False, batch_spec=None, mesh=None, hooks=(), quiet=False,
-                 allow_config_change=False)  # -> FitResult(state, metrics, step, resumed_from, steps_run)
+                 allow_config_change=False)  # -> FitResult(state, metrics, step, resumed_from, steps_run, first_step_s)
 
     jaxdn.train.cli.main(argv) -> int           # `jaxdn train METHOD --config F[:v] --workdir D ...`
     jaxdn.train.cli.TRAINERS                    # method -> "module:train"

@@ -43,12 +43,15 @@ class FitResult:
       step: the final step (== steps).
       resumed_from: the checkpoint step this run restored, or None.
       steps_run: updates executed by this call.
+      first_step_s: wall time of this call's first update, compilation included (None if none);
+        the logged ``steps_per_s`` exclude it.
     """
     state: Any
     metrics: dict[str, float]
     step: int
     resumed_from: int | None
     steps_run: int
+    first_step_s: float | None = None
 
 
 def _log(msg: str, *, enabled: bool) -> None:
@@ -222,7 +225,9 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     pending: list[dict[str, Any]] = []
-    t_last, n_last = time.perf_counter(), 0
+    t_start = t_last = time.perf_counter()
+    n_last = 0
+    first_step_s = None
     done = saved = start
     try:
         for step in range(start, steps):
@@ -235,7 +240,12 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
                 state, metrics = jitted(state, step_arr, keys, data)
             pending.append(metrics)
             done = step + 1
-            n_last += 1
+            if step == start:  # the first update includes compilation: time it apart
+                jax.block_until_ready(metrics)
+                t_last = time.perf_counter()
+                first_step_s = t_last - t_start
+            else:
+                n_last += 1
             for hook in hooks:
                 hook(done, state)
             progress.update()
@@ -243,7 +253,8 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
                 last_train = _mean_metrics(pending)
                 pending = []
                 now = time.perf_counter()
-                last_train["steps_per_s"] = n_last / max(now - t_last, 1e-9)
+                if n_last:  # excludes the first (compiling) update
+                    last_train["steps_per_s"] = n_last / max(now - t_last, 1e-9)
                 t_last, n_last = now, 0
                 metrics_log.write(done, "train", last_train)
                 progress.set_metrics(last_train)
@@ -274,7 +285,7 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
     summary = dict(last_train)
     summary.update({f"eval_{k}": v for k, v in last_eval.items()})
     return FitResult(state=state, metrics=summary, step=steps, resumed_from=resumed_from,
-                     steps_run=max(0, steps - start))
+                     steps_run=max(0, steps - start), first_step_s=first_step_s)
 
 
 # ---- NNX / optax helpers ----------------------------------------------------------------------
