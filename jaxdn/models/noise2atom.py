@@ -1,0 +1,358 @@
+"""Noise2Atom networks (Wang et al. 2020): generators M_s2c / M_c2s, critic D, fixed low-pass M_s2b.
+
+Faithful to the authors' public Keras code where the paper is vague:
+
+* basic block = stride-1 transposed conv (valid) → norm → leaky ReLU(0.2) → conv (valid) → norm →
+  leaky ReLU; both with the same kernel, so the spatial size is preserved without zero padding.
+  A valid stride-1 transposed conv of kernel k is *exactly* a conv with zero padding k − 1 on
+  each side (with the kernel flipped; the kernel is learned, so we store it in conv orientation);
+  we compute it that way.
+* multi-kernel (Xception-style) blocks split the width evenly over kernel sizes (1, 3, 5, 7 at full
+  resolution, 3, 5 deeper), one basic block each, concatenated;
+* down: transposed conv 3 (stride 1) + conv 3 stride 2; up: transposed conv 4 stride 2 (valid,
+  2H + 2) + conv 3 (valid, 2H). The stride-2 transposed conv is computed exactly as a 2×2 conv
+  producing the four output phases (sub-pixel form), 4× fewer FLOPs than the zero-dilated form;
+* skips are added; output: transposed conv 9 (8 ch) → norm → lReLU → conv 9 (1 ch) → tanh;
+* "instance normalisation" = per sample over H, W and C, one scalar scale and offset, eps 1e-3.
+
+All modules are NHWC, float32 parameters; ``impl`` picks how convolutions are computed
+("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul, faster for thin layers
+on CPU) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
+everything else in float32). Neither changes the parameters, so weights are interchangeable.
+Inputs must have H, W divisible by 8 (``pad_to_multiple`` in the method pads and crops back).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["Generator", "Critic", "lowpass_kernel", "lowpass", "conv2d", "upconv2x", "leaky_relu",
+           "instance_norm", "flip_output_sign", "flip_input_sign"]
+
+_EPS = 1e-3  # keras-contrib InstanceNormalization default
+
+
+def leaky_relu(x):
+    return jnp.where(x >= 0, x, 0.2 * x)
+
+
+def instance_norm(x, scale, offset):
+    """Normalise each sample over (H, W, C); scalar `scale`, `offset` of shape (1,)."""
+    mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2, 3), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + _EPS) * scale + offset
+
+
+def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float32):
+    """Cross-correlation of NHWC `x` with HWIO `w`, zero padding `pad` on every side, then `+ b`.
+
+    Args:
+      x: (N, H, W, Cin). w: (k, k, Cin, Cout). b: (Cout,) or None.
+      stride: spatial stride. pad: zero padding per side.
+      impl: "xla" or "im2col" (same result to float rounding).
+    Returns:
+      (N, (H + 2 pad − k) // stride + 1, same for W, Cout) float32.
+    """
+    k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
+    xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
+    if impl == "xla" or k == 1 and stride == 1:
+        if k == 1 and stride == 1 and pad == 0:
+            y = jnp.einsum("nhwc,cd->nhwd", xc, wc[0, 0], preferred_element_type=jnp.float32)
+        else:
+            y = jax.lax.conv_general_dilated(
+                xc, wc, (stride, stride), [(pad, pad), (pad, pad)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    elif impl == "im2col":
+        if pad:
+            xc = jnp.pad(xc, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        n, h, wd, _ = xc.shape
+        ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+        cols = [xc[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+                for i in range(k) for j in range(k)]
+        patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+        y = jnp.dot(patches.reshape(-1, k * k * cin), wc.reshape(k * k * cin, cout),
+                    preferred_element_type=jnp.float32).reshape(n, ho, wo, cout)
+    else:
+        raise ValueError(f"unknown conv impl {impl!r}")
+    y = y.astype(jnp.float32)
+    return y if b is None else y + b
+
+
+def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):
+    """Valid stride-2 transposed conv with a 4×4 kernel: (N, H, W, Cin) → (N, 2H + 2, 2W + 2, Cout).
+
+    Equals ``lax.conv_transpose(x, w, (2, 2), 'VALID', dimension_numbers=('NHWC','HWIO','NHWC'))``
+    exactly, computed as one 2×2 conv with 4·Cout outputs (the four output phases) on the input
+    padded by one, then interleaved (sub-pixel form).
+    """
+    if w.shape[:2] != (4, 4):
+        raise ValueError("upconv2x needs a 4x4 kernel")
+    cin, cout = w.shape[2], w.shape[3]
+    # conv_transpose (no kernel flip): out[y] = sum_i x[i] * w[3 - (y - 2 i)]. With y = 2m + a and
+    # xp = pad(x, 1): out[2m + a] = sum_t xp[m + t] * w[1 - a + 2 t]   (t = 0, 1).
+    phases = []
+    for a in (0, 1):
+        for c in (0, 1):
+            phases.append(w[jnp.array([1 - a, 3 - a])][:, jnp.array([1 - c, 3 - c])])  # (2, 2, Cin, Cout)
+    w2 = jnp.stack(phases, axis=3).reshape(2, 2, cin, 4 * cout)  # channel = phase * Cout + o
+    y = conv2d(x, w2, None, pad=1, impl=impl, compute_dtype=compute_dtype)  # (N, H+1, W+1, 4 Cout)
+    n, h1, w1, _ = y.shape
+    y = y.reshape(n, h1, w1, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h1, 2 * w1, cout)
+    return y if b is None else y + b
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+def _uniform(key, shape, lim):
+    """U(−lim, lim) of `shape`, float32, deterministic per key.
+
+    With a concrete key the numbers come from NumPy seeded by the key's data: eager `jax.random`
+    would compile one program per parameter shape (tens of seconds for the paper generator). Under
+    tracing (`nnx.eval_shape`, `jit`) it falls back to `jax.random.uniform` (abstract, no compute).
+    """
+    try:
+        seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return jax.random.uniform(key, shape, jnp.float32, -lim, lim)
+    rng = np.random.default_rng(seed)
+    return jax.device_put(rng.uniform(-lim, lim, shape).astype(np.float32))
+
+
+def _glorot(key, shape):
+    k = shape[0] * shape[1]
+    fan_in, fan_out = k * shape[2], k * shape[3]
+    return _uniform(key, shape, math.sqrt(6.0 / (fan_in + fan_out)))
+
+
+class Conv(nnx.Module):
+    """Conv layer holding a (k, k, Cin, Cout) kernel and a (Cout,) bias.
+
+    kind: "conv" (zero padding `pad`, stride `stride`), "up2" (valid stride-2 transposed conv, k=4).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, *, kind: str = "conv", stride: int = 1, pad: int = 0,
+                 impl: str = "xla", compute_dtype: str = "float32", rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_glorot(rngs.params(), (k, k, cin, cout)))
+        self.bias = nnx.Param(jax.device_put(np.zeros((cout,), np.float32)))
+        self.kind, self.stride, self.pad = kind, stride, pad
+        self.impl, self.compute_dtype = impl, compute_dtype
+
+    def __call__(self, x):
+        dt = jnp.dtype(self.compute_dtype)
+        if self.kind == "up2":
+            return upconv2x(x, self.kernel[...], self.bias[...], impl=self.impl, compute_dtype=dt)
+        return conv2d(x, self.kernel[...], self.bias[...], stride=self.stride, pad=self.pad,
+                      impl=self.impl, compute_dtype=dt)
+
+
+class InstanceNorm(nnx.Module):
+    """Per-sample normalisation over (H, W, C) with one scalar scale and offset."""
+
+    def __init__(self):
+        self.scale = nnx.Param(jax.device_put(np.ones((1,), np.float32)))
+        self.offset = nnx.Param(jax.device_put(np.zeros((1,), np.float32)))
+
+    def __call__(self, x):
+        return instance_norm(x, self.scale[...], self.offset[...])
+
+
+class _Act(nnx.Module):
+    def __init__(self, norm: bool):
+        self.norm = InstanceNorm() if norm else None
+
+    def __call__(self, x):
+        return leaky_relu(self.norm(x) if self.norm is not None else x)
+
+
+class Block(nnx.Module):
+    """Basic block: transposed conv k (valid, = conv pad k − 1) → act → conv k (valid) → act. Size-preserving."""
+
+    def __init__(self, cin, cout, k, *, norm=True, impl="xla", compute_dtype="float32", rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        self.c1 = Conv(cin, cout, k, pad=k - 1, **kw)
+        self.a1 = _Act(norm)
+        self.c2 = Conv(cout, cout, k, **kw)
+        self.a2 = _Act(norm)
+
+    def __call__(self, x):
+        return self.a2(self.c2(self.a1(self.c1(x))))
+
+
+class MultiKernel(nnx.Module):
+    """Xception-style block: `cout` split evenly over `kernels`, one Block each, concatenated."""
+
+    def __init__(self, cin, cout, kernels: Sequence[int], *, impl="xla", compute_dtype="float32", rngs):
+        sub = cout // len(kernels)
+        if sub * len(kernels) != cout:
+            raise ValueError(f"width {cout} not divisible by {len(kernels)} kernel sizes")
+        self.branches = nnx.List([Block(cin, sub, k, impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+                                  for k in kernels])
+
+    def __call__(self, x):
+        return jnp.concatenate([b(x) for b in self.branches], axis=-1)
+
+
+class Down(nnx.Module):
+    """Transposed conv 3 (stride 1, valid) → act → conv 3 stride 2 (valid) → act: H → H / 2."""
+
+    def __init__(self, cin, cout, *, norm=True, impl="xla", compute_dtype="float32", rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        self.c1 = Conv(cin, cout, 3, pad=2, **kw)
+        self.a1 = _Act(norm)
+        self.c2 = Conv(cout, cout, 3, stride=2, **kw)
+        self.a2 = _Act(norm)
+
+    def __call__(self, x):
+        return self.a2(self.c2(self.a1(self.c1(x))))
+
+
+class Up(nnx.Module):
+    """Transposed conv 4 stride 2 (valid, 2H + 2) → act → conv 3 (valid) → act: H → 2H."""
+
+    def __init__(self, cin, cout, *, impl="xla", compute_dtype="float32", rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        self.c1 = Conv(cin, cout, 4, kind="up2", **kw)
+        self.a1 = _Act(True)
+        self.c2 = Conv(cout, cout, 3, **kw)
+        self.a2 = _Act(True)
+
+    def __call__(self, x):
+        return self.a2(self.c2(self.a1(self.c1(x))))
+
+
+class Generator(nnx.Module):
+    """U-Net of depth 3 with multi-kernel blocks and a residual bottleneck; tanh output.
+
+    Args:
+      widths: channels at full, 1/2, 1/4 and 1/8 resolution (paper: 64, 64, 64, 128).
+      bottleneck: channels of the residual bottleneck (paper: 192).
+      n_res: residual blocks in the bottleneck (paper: 16).
+      kernels_full / kernels_deep: multi-kernel sizes at full resolution / deeper (paper: 1,3,5,7 / 3,5).
+      out_kernel, out_mid: output block kernel and hidden width (paper: 9, 8).
+      impl, compute_dtype: see module docstring.
+    Call: (N, H, W, 1) in [−1, 1], H and W divisible by 8 → (N, H, W, 1) in (−1, 1).
+    """
+
+    def __init__(self, *, widths=(64, 64, 64, 128), bottleneck=192, n_res=16, kernels_full=(1, 3, 5, 7),
+                 kernels_deep=(3, 5), out_kernel=9, out_mid=8, impl="xla", compute_dtype="float32",
+                 rngs: nnx.Rngs):
+        w0, w1, w2, w3 = widths
+        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        self.in_block = Block(1, w0, 3, norm=False, **kw)
+        self.enc0 = MultiKernel(w0, w0, kernels_full, **kw)
+        self.down1, self.pre1, self.enc1 = Down(w0, w1, **kw), Block(w1, w1, 3, **kw), MultiKernel(w1, w1, kernels_deep, **kw)
+        self.down2, self.pre2, self.enc2 = Down(w1, w2, **kw), Block(w2, w2, 3, **kw), MultiKernel(w2, w2, kernels_deep, **kw)
+        self.down3, self.pre3, self.enc3 = Down(w2, w3, **kw), Block(w3, w3, 3, **kw), MultiKernel(w3, w3, kernels_deep, **kw)
+        self.bott_in = Block(w3, bottleneck, 3, **kw)
+        self.res = nnx.List([Block(bottleneck, bottleneck, 3, **kw) for _ in range(n_res)])
+        self.up2, self.dpre2, self.dec2 = Up(bottleneck, w2, **kw), Block(w2, w2, 3, **kw), MultiKernel(w2, w2, kernels_deep, **kw)
+        self.up1, self.dpre1, self.dec1 = Up(w2, w1, **kw), Block(w1, w1, 3, **kw), MultiKernel(w1, w1, kernels_deep, **kw)
+        self.up0, self.dpre0, self.dec0 = Up(w1, w0, **kw), Block(w0, w0, 3, **kw), MultiKernel(w0, w0, kernels_full, **kw)
+        self.out1 = Conv(w0, out_mid, out_kernel, pad=out_kernel - 1, **kw)
+        self.out_act = _Act(True)
+        self.out2 = Conv(out_mid, 1, out_kernel, **kw)
+
+    def __call__(self, x):
+        if x.shape[1] % 8 or x.shape[2] % 8:
+            raise ValueError(f"Generator input H, W must be multiples of 8, got {x.shape}")
+        e0 = self.enc0(self.in_block(x))
+        e1 = self.enc1(self.pre1(self.down1(e0)))
+        e2 = self.enc2(self.pre2(self.down2(e1)))
+        e3 = self.enc3(self.pre3(self.down3(e2)))
+        h = self.bott_in(e3)
+        for blk in self.res:
+            h = blk(h) + h
+        d2 = self.dec2(self.dpre2(e2 + self.up2(h)))
+        d1 = self.dec1(self.dpre1(e1 + self.up1(d2)))
+        d0 = self.dec0(self.dpre0(e0 + self.up0(d1)))
+        return jnp.tanh(self.out2(self.out_act(self.out1(d0))))
+
+
+class Critic(nnx.Module):
+    """WGAN critic: 4 down modules (first without norm), each followed by dropout, then a dense layer.
+
+    Args:
+      size: input side (static; the dense layer sees (size / 16)² · widths[-1] features).
+      widths: channels of the 4 down modules (authors' code: 64, 64, 128, 128).
+      dropout: drop rate after each module (paper: 0.25).
+    Call: x (N, size, size, 1), key for dropout (None = no dropout) → (N,) scores.
+    """
+
+    def __init__(self, *, size=128, widths=(64, 64, 128, 128), dropout=0.25, impl="xla",
+                 compute_dtype="float32", rngs: nnx.Rngs):
+        if size % 16:
+            raise ValueError(f"critic size must be a multiple of 16, got {size}")
+        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        cins = (1,) + tuple(widths[:-1])
+        self.downs = nnx.List([Down(ci, co, norm=i > 0, **kw) for i, (ci, co) in enumerate(zip(cins, widths))])
+        feat = (size // 16) ** 2 * widths[-1]
+        lim = math.sqrt(6.0 / (feat + 1))
+        self.dense_w = nnx.Param(_uniform(rngs.params(), (feat, 1), lim))
+        self.dense_b = nnx.Param(jax.device_put(np.zeros((1,), np.float32)))
+        self.size, self.dropout = size, dropout
+
+    def __call__(self, x, *, key=None):
+        if x.shape[1:3] != (self.size, self.size):
+            raise ValueError(f"critic built for {self.size}x{self.size} inputs, got {x.shape}")
+        keys = [None] * len(self.downs) if key is None else list(jax.random.split(key, len(self.downs)))
+        for down, k in zip(self.downs, keys):
+            x = down(x)
+            if k is not None and self.dropout > 0:
+                keep = jax.random.bernoulli(k, 1.0 - self.dropout, x.shape)
+                x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+        x = x.reshape(x.shape[0], -1)
+        return (x @ self.dense_w[...] + self.dense_b[...])[:, 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed low-pass M_s2b
+# --------------------------------------------------------------------------------------------------
+
+def lowpass_kernel(*, size: int = 33, variance: float = 15.0) -> np.ndarray:
+    """Normalised 2-D Gaussian `exp(−r² / (2·variance))` on a size × size grid centred at size // 2.
+
+    The paper: "a normalized 2D Gaussian distribution with a variance of σ = 15.0"; the authors'
+    code uses `exp(−r² / (σ + σ))`, i.e. variance 15 (std ≈ 3.87 px). Their `^` (XOR) bug is not
+    reproduced. Returns float32 (size, size) summing to 1.
+    """
+    r = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * variance))
+    return (g / g.sum()).astype(np.float32)
+
+
+def lowpass(x, *, size: int = 33, variance: float = 15.0):
+    """M_s2b: valid ('no padding') convolution of (N, H, W, 1) with `lowpass_kernel`, no bias.
+
+    Computed separably (the Gaussian is separable and symmetric) — exact up to float rounding.
+    Returns (N, H − size + 1, W − size + 1, 1).
+    """
+    r = np.arange(size, dtype=np.float64) - size // 2
+    g1 = np.exp(-r ** 2 / (2.0 * variance))
+    g1 = jnp.asarray(g1 / g1.sum(), jnp.float32)
+    n, h, w, _ = x.shape
+    ho, wo = h - size + 1, w - size + 1
+    rows = jnp.stack([x[:, i:i + ho, :, 0] for i in range(size)], axis=-1) @ g1  # (N, ho, W)
+    cols = jnp.stack([rows[:, :, j:j + wo] for j in range(size)], axis=-1) @ g1  # (N, ho, wo)
+    return cols[..., None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sign flips (inversion guard)
+# --------------------------------------------------------------------------------------------------
+
+def flip_output_sign(gen: Generator) -> None:
+    """Negate the generator's output exactly (tanh is odd: negate the last conv's kernel and bias)."""
+    gen.out2.kernel[...] = -gen.out2.kernel[...]
+    gen.out2.bias[...] = -gen.out2.bias[...]
+
+
+def flip_input_sign(gen: Generator) -> None:
+    """Make `gen(x)` behave as the old `gen(−x)` (negate the first conv's kernel; its bias stays)."""
+    gen.in_block.c1.kernel[...] = -gen.in_block.c1.kernel[...]

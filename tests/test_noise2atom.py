@@ -1,0 +1,295 @@
+"""Noise2Atom: model shapes/parameter count, exact conv reformulations, losses against analytic
+references, the inversion guard, the fused train step, preprocessing and the inference method."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import signal
+
+from jaxdn.models import noise2atom as m
+from jaxdn.train import noise2atom_losses as L
+
+TINY_GEN = dict(widths=(8, 8, 8, 8), bottleneck=8, n_res=1, out_mid=4)
+
+
+def _count(module_fn):
+    abstract = nnx.eval_shape(module_fn)
+    return sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+
+
+# ---- model --------------------------------------------------------------------------------------
+
+def test_paper_generator_parameter_count_without_init():
+    # ≈ 13.8 M as in the authors' Keras model; counted abstractly (no init compute).
+    assert _count(lambda: m.Generator(rngs=nnx.Rngs(0))) == 13_780_111
+
+
+def test_paper_critic_parameter_count():
+    # 4 down modules (conv pairs, 64/64/128/128) + 2 scalars per norm (3 normed modules) + dense 8·8·128 → 1
+    convs = [(1, 64), (64, 64), (64, 64), (64, 64), (64, 128), (128, 128), (128, 128), (128, 128)]
+    expected = sum(9 * a * b + b for a, b in convs) + 3 * 2 * 2 + 8 * 8 * 128 + 1
+    assert _count(lambda: m.Critic(rngs=nnx.Rngs(0))) == expected
+
+
+def test_upconv_equals_conv_transpose():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+    ref = jax.lax.conv_transpose(x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = m.upconv2x(x, w)
+    assert out.shape == (2, 12, 16, 5)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_valid_transposed_conv_is_padded_conv(k):
+    x = jax.random.normal(jax.random.key(0), (1, 6, 7, 2))
+    w = jax.random.normal(jax.random.key(1), (k, k, 2, 3))
+    ref = jax.lax.conv_transpose(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(m.conv2d(x, w, pad=k - 1), ref, atol=1e-4)
+    np.testing.assert_allclose(m.conv2d(x, w, pad=k - 1, impl="im2col"), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 0), (2, 0), (1, 2)])
+def test_im2col_matches_scipy(stride, pad):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 9, 8, 2)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 2, 1)).astype(np.float32)
+    xp = np.pad(x[0], ((pad, pad), (pad, pad), (0, 0)))
+    ref = sum(signal.correlate2d(xp[..., c], w[..., c, 0], mode="valid") for c in range(2))[::stride, ::stride]
+    for impl in ("xla", "im2col"):
+        out = m.conv2d(jnp.asarray(x), jnp.asarray(w), stride=stride, pad=pad, impl=impl)
+        np.testing.assert_allclose(out[0, ..., 0], ref, atol=1e-4)
+
+
+def test_instance_norm_is_per_sample_over_hwc():
+    x = jax.random.normal(jax.random.key(0), (3, 4, 5, 6)) * jnp.arange(1, 4)[:, None, None, None]
+    y = np.asarray(m.instance_norm(x, jnp.ones(1) * 2.0, jnp.ones(1) * 0.5))
+    for i in range(3):
+        xi = np.asarray(x[i])
+        np.testing.assert_allclose(y[i], 2.0 * (xi - xi.mean()) / np.sqrt(xi.var() + 1e-3) + 0.5, atol=1e-4)
+
+
+def test_generator_shapes_any_size_and_tanh_range():
+    gen = m.Generator(**TINY_GEN, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 24, 32, 1), minval=-1, maxval=1)
+    y = gen(x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(y))) < 1.0
+    with pytest.raises(ValueError, match="multiples of 8"):
+        gen(jnp.zeros((1, 20, 24, 1)))
+
+
+def test_init_is_deterministic_per_seed():
+    a = nnx.state(m.Critic(size=16, widths=(2, 2, 2, 2), rngs=nnx.Rngs(3)))
+    b = nnx.state(m.Critic(size=16, widths=(2, 2, 2, 2), rngs=nnx.Rngs(3)))
+    c = nnx.state(m.Critic(size=16, widths=(2, 2, 2, 2), rngs=nnx.Rngs(4)))
+    la, lb, lc = (jax.tree.leaves(s) for s in (a, b, c))
+    assert all(np.array_equal(u, v) for u, v in zip(la, lb))
+    assert not all(np.array_equal(u, v) for u, v in zip(la, lc))
+
+
+def test_flip_signs_are_exact():
+    gen = m.Generator(**TINY_GEN, rngs=nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(0), (1, 16, 16, 1), minval=-1, maxval=1)
+    y = gen(x)
+    y_neg_in = gen(-x)
+    m.flip_output_sign(gen)
+    np.testing.assert_allclose(gen(x), -y, atol=1e-6)
+    m.flip_output_sign(gen)
+    m.flip_input_sign(gen)
+    np.testing.assert_allclose(gen(x), y_neg_in, atol=1e-5)
+
+
+# ---- low-pass -----------------------------------------------------------------------------------------
+
+def test_lowpass_kernel_is_normalised_gaussian_variance_15():
+    k = m.lowpass_kernel()
+    assert k.shape == (33, 33)
+    assert abs(float(k.sum()) - 1.0) < 1e-6
+    r = np.arange(33) - 16
+    var_rows = float((k.sum(axis=1) * r ** 2).sum())
+    assert abs(var_rows - 15.0) < 0.05          # truncation at ±16 px ≈ 4.1 std changes little
+    ratio = k[16, 17] / k[16, 16]
+    np.testing.assert_allclose(ratio, np.exp(-1 / 30.0), rtol=1e-5)
+    assert k[16, 16] == k.max() and np.allclose(k, k.T) and np.allclose(k, k[::-1, ::-1])
+
+
+def test_lowpass_is_valid_correlation_with_kernel():
+    x = np.random.default_rng(0).normal(size=(2, 40, 36, 1)).astype(np.float32)
+    out = np.asarray(m.lowpass(jnp.asarray(x)))
+    assert out.shape == (2, 8, 4, 1)
+    ref = signal.correlate2d(x[1, ..., 0], m.lowpass_kernel(), mode="valid")
+    np.testing.assert_allclose(out[1, ..., 0], ref, atol=1e-5)
+
+
+# ---- losses --------------------------------------------------------------------------------------------
+
+def test_gradient_penalty_linear_critic_analytic():
+    a = jax.random.normal(jax.random.key(0), (4, 5, 1))
+    critic = lambda x: jnp.sum(x * a, axis=(1, 2, 3)) + 0.3   # ∂D/∂x_i = a for every sample
+    x = jax.random.normal(jax.random.key(1), (3, 4, 5, 1))
+    expected = (1.0 - float(jnp.sqrt(jnp.sum(a ** 2)))) ** 2
+    np.testing.assert_allclose(L.gradient_penalty(critic, x), expected, rtol=1e-5)
+
+
+def test_gradient_penalty_per_sample_against_finite_differences():
+    critic = lambda x: jnp.sum(jnp.sin(x) * x, axis=(1, 2, 3))
+    x = np.random.default_rng(0).normal(size=(2, 2, 3, 1))
+    eps, norms = 1e-3, []
+    for i in range(2):
+        g = np.zeros(x.shape[1:])
+        for idx in np.ndindex(*x.shape[1:]):
+            d = np.zeros(x.shape[1:])
+            d[idx] = eps
+            f = lambda z: float(np.sum(np.sin(z) * z))
+            g[idx] = (f(x[i] + d) - f(x[i] - d)) / (2 * eps)
+        norms.append(np.sqrt((g ** 2).sum()))
+    expected = np.mean((1 - np.array(norms)) ** 2)
+    np.testing.assert_allclose(L.gradient_penalty(critic, jnp.asarray(x, jnp.float32)), expected, rtol=1e-3)
+
+
+def test_interpolate_uses_one_weight_per_sample():
+    real = jnp.zeros((5, 3, 3, 1))
+    fake = jnp.ones((5, 3, 3, 1))
+    y = np.asarray(L.interpolate(jax.random.key(0), real, fake))
+    for i in range(5):
+        assert np.ptp(y[i]) == 0.0 and 0.0 <= y[i].flat[0] <= 1.0
+    assert np.ptp(y[:, 0, 0, 0]) > 0
+    with pytest.raises(ValueError):
+        L.interpolate(jax.random.key(0), real, fake[:2])
+
+
+def test_simple_losses_against_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 40, 40, 1)).astype(np.float32), rng.normal(size=(2, 40, 40, 1)).astype(np.float32)
+    np.testing.assert_allclose(L.wasserstein(-1.0, jnp.asarray(a[:, 0, 0, 0])), -a[:, 0, 0, 0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(L.cycle_l1(a, b), np.abs(a - b).mean(), rtol=1e-5)
+    lp = lambda z: m.lowpass(z, size=5, variance=2.0)
+    ref = np.abs(np.asarray(lp(a)) - np.asarray(lp(b))).mean()
+    np.testing.assert_allclose(L.lowfreq_cycle(lp, a, b), ref, rtol=1e-5)
+    corr = np.asarray(L.sign_correlation(a, 0.5 * a + b))
+    for i in range(2):
+        np.testing.assert_allclose(corr[i], np.corrcoef(a[i].ravel(), (0.5 * a + b)[i].ravel())[0, 1], rtol=1e-4)
+
+
+# ---- preprocessing -----------------------------------------------------------------------------------
+
+def test_remove_background_removes_quadratic_and_preprocess_range():
+    from jaxdn.train.noise2atom import preprocess, remove_background
+    yy, xx = np.mgrid[0:64, 0:48] / 50.0
+    signal_ = np.random.default_rng(0).poisson(3.0, (2, 64, 48)).astype(np.float32)
+    bg = 5 + 3 * yy - 2 * xx + 4 * yy * xx + 2 * xx ** 2
+    res = remove_background(signal_ + bg, order=2)
+    np.testing.assert_allclose(res, signal_ - signal_.mean(axis=(1, 2), keepdims=True), atol=0.2)
+    out = preprocess(signal_ + bg, background_order=2)
+    assert out.dtype == np.float32 and out.min() == -1.0 and out.max() == 1.0
+
+
+# ---- training step & guard (tiny config) --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    from jaxdn.train import noise2atom as T
+    from jaxdn.train.config import load_config
+    cfg = load_config("configs/noise2atom.py:tiny")
+    gdefs, init_state, tx = T.graphdefs_and_init(cfg)
+    state = init_state()
+    yy, xx = np.mgrid[0:64, 0:64]
+    blobs = np.exp(-((yy % 12 - 6) ** 2 + (xx % 12 - 6) ** 2) / 6.0)
+    raw = np.random.default_rng(0).poisson(4 * blobs[None].repeat(4, 0)).astype(np.float32)
+    frames = jnp.asarray(T.preprocess(raw, background_order=2))
+    batch = T.make_batch_fn(cfg)(jax.random.key(0), 0, {"frames": frames})
+    traces = []
+
+    def counted(state, batch, key):
+        traces.append(1)
+        return T.make_train_step(cfg, gdefs, tx)(state, batch, key)
+
+    step = jax.jit(counted)
+    return dict(T=T, cfg=cfg, gdefs=gdefs, tx=tx, state=state, batch=batch, step=step, traces=traces)
+
+
+def test_batch_shapes_and_ranges(tiny):
+    b = tiny["batch"]
+    assert b["noisy"].shape == b["clean"].shape == (2, 32, 32, 1)
+    for v in b.values():
+        assert -1.0 <= float(v.min()) and float(v.max()) <= 1.0
+
+
+def test_train_step_changes_params_is_deterministic_and_traced_once(tiny):
+    step, state, batch = tiny["step"], tiny["state"], tiny["batch"]
+    s1, m1 = step(state, batch, jax.random.key(7))
+    s2, m2 = step(state, batch, jax.random.key(7))
+    s3, _ = step(s1, batch, jax.random.key(8))
+    assert len(tiny["traces"]) == 1
+    for k in ("critic_loss", "gen_loss", "adv", "lfc", "cycle", "corr"):
+        assert np.isfinite(float(m1[k])), k
+    l0, l1, l2 = (jax.tree.leaves(s["gen"]) for s in (state, s1, s2))
+    assert all(np.array_equal(a, b) for a, b in zip(l1, l2))          # deterministic per key
+    assert any(not np.array_equal(a, b) for a, b in zip(l0, l1))      # generators moved
+    c0, c1 = jax.tree.leaves(state["critic"]), jax.tree.leaves(s1["critic"])
+    assert any(not np.array_equal(a, b) for a, b in zip(c0, c1))      # critic moved
+    assert float(m1["guard_flips"]) in (0.0, 1.0)
+
+
+def test_inversion_guard_detects_and_flips_an_inverted_generator(tiny):
+    T, cfg, gdefs, step = tiny["T"], tiny["cfg"], tiny["gdefs"], tiny["step"]
+    state, batch = tiny["state"], tiny["batch"]
+    s2c = nnx.merge(gdefs[0], state["gen"][0])
+    corr0 = float(T.output_correlation(cfg, gdefs[0], state["gen"][0], batch["noisy"]))
+    # force an inverted mapping: the output sign opposite to the current one, strongly
+    bad = nnx.merge(gdefs[0], jax.tree.map(lambda x: x, state["gen"][0]))
+    if corr0 > 0:
+        m.flip_output_sign(bad)
+    forced = dict(state, gen=(nnx.state(bad), state["gen"][1]))
+    corr_bad = float(T.output_correlation(cfg, gdefs[0], forced["gen"][0], batch["noisy"]))
+    assert corr_bad < 0
+    if corr_bad > -cfg.guard_margin:
+        pytest.skip(f"random tiny generator too weakly correlated ({corr_bad:.3f}) to test the flip")
+    new, metrics = step(forced, batch, jax.random.key(3))
+    assert float(metrics["guard_flips"]) == 1.0
+    corr_after = float(T.output_correlation(cfg, gdefs[0], new["gen"][0], batch["noisy"]))
+    assert corr_after > 0
+    del s2c
+
+
+def test_flip_if_negates_exactly_the_targets(tiny):
+    T, state = tiny["T"], tiny["state"]
+    gen, opt = state["gen"], state["opt_gen"]
+    g2, o2 = T.flip_if(jnp.asarray(True), gen, opt)
+    flat0 = dict(nnx.to_flat_state(gen[0]))
+    flat1 = dict(nnx.to_flat_state(g2[0]))
+    for key, v in flat0.items():
+        a, b = np.asarray(v[...]), np.asarray(flat1[key][...])
+        if key[:1] == ("out2",):
+            np.testing.assert_array_equal(b, -a)
+        else:
+            np.testing.assert_array_equal(b, a)
+    k0 = np.asarray(gen[1]["in_block"]["c1"]["kernel"][...])
+    np.testing.assert_array_equal(np.asarray(g2[1]["in_block"]["c1"]["kernel"][...]), -k0)
+    g3, _ = T.flip_if(jnp.asarray(False), gen, opt)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(gen), jax.tree.leaves(g3)))
+
+
+# ---- inference method ------------------------------------------------------------------------------
+
+def test_method_denoise_any_size_from_exported_weights(tiny, tmp_path):
+    from jaxdn.methods import noise2atom as method
+    path = tiny["T"].export_weights(tmp_path / "n2a.npz", tiny["cfg"], tiny["state"])
+    data = np.random.default_rng(0).poisson(2.0, (3, 21, 30)).astype(np.float32)
+    out = method.denoise(data, weights=path, batch_size=2)
+    assert out.shape == data.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    single = method.denoise(data[1], weights=path)
+    assert single.shape == (21, 30)
+    np.testing.assert_allclose(method.denoise(data, weights=tmp_path / "n2a.npz", batch_size=2), out)
+    from jaxdn.errors import InputError
+    with pytest.raises(InputError):
+        method.denoise(np.zeros((8, 8), np.float32), weights=path)
+    with pytest.raises(InputError):
+        method.denoise(data, weights=tmp_path / "missing.npz")
