@@ -206,6 +206,8 @@ class Contender:
     fn: Callable[[np.ndarray], np.ndarray]
     note: str = ""
     dashed: bool = field(default=False)
+    quality: bool = True      # PSNR against the clean image (False: random-weight speed peers)
+    agree_with: str | None = None  # report PSNR of this output against that contender's output
 
 
 def run_interleaved(contenders, x, *, repeats: int, clean=None, warmup: int = 1, log=None) -> list[dict]:
@@ -215,7 +217,7 @@ def run_interleaved(contenders, x, *, repeats: int, clean=None, warmup: int = 1,
     compilation + run for jitted code), then the rounds of `interleaved_order` follow. A contender
     that raises is reported with its error and dropped from the remaining rounds.
     """
-    res = {}
+    res, outputs = {}, {}
     for c in contenders:
         r = res[c.name] = {"name": c.name, "kind": c.kind, "family": c.family, "note": c.note,
                            "times_s": [], "rss_peak_mb": None, "first_call_rss_mb": None,
@@ -232,8 +234,16 @@ def run_interleaved(contenders, x, *, repeats: int, clean=None, warmup: int = 1,
                 out = np.asarray(c.fn(x))
             if out.shape != x.shape:
                 raise RuntimeError(f"returned shape {out.shape} for input {x.shape}")
-            if clean is not None:
+            if clean is not None and c.quality:
                 r["psnr_db"] = _psnr(out, clean)
+            if any(o.agree_with == c.name for o in contenders):
+                outputs[c.name] = out
+            if c.agree_with in outputs:
+                ref = outputs[c.agree_with].astype(np.float64)
+                span = float(ref.max() - ref.min()) or 1.0
+                mse = float(np.mean((out.astype(np.float64) - ref) ** 2))
+                r["psnr_vs_ref_db"] = float("inf") if mse == 0 else 10 * math.log10(span * span / mse)
+                r["ref"] = c.agree_with
             dev1 = _device_peak_bytes()
             if dev1 is not None:
                 r["device_peak_mb"] = dev1 / 2**20
@@ -571,6 +581,79 @@ def _classical_contenders(size, names, cap, notes):
     return out
 
 
+NETWORK_WEIGHTS = {"unet": "unet_g.npz", "stripes": "stripes.npz"}
+
+
+def _jaxdn_network(arch, dtype, weights_file):
+    """(jitted (H, W) -> (H, W) forward, whether trained weights were loaded) for a jaxdn network."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    dt = jnp.bfloat16 if dtype == "bfloat16" else None
+    if arch == "unet":
+        from .models.unet import UNet
+        build = lambda: UNet(compute_dtype=dt, im2col_first=True, rngs=nnx.Rngs(0))
+    else:
+        from .models.stripe_autoencoder import StripeAutoencoder
+        build = lambda: StripeAutoencoder(compute_dtype=dt, im2col_thin=True, rngs=nnx.Rngs(0))
+    trained = weights_file is not None and Path(weights_file).is_file()
+    if trained:
+        from .weights_io import load_weights
+        model = load_weights(weights_file, build)
+    else:
+        model = build()
+    model.eval()
+    gdef, state = nnx.split(model)
+    fwd = jax.jit(lambda st, x: nnx.merge(gdef, st)(x[None, :, :, None])[0, :, :, 0].astype(jnp.float32))
+    return (lambda x: np.asarray(fwd(state, jnp.asarray(x)))), trained
+
+
+def _torch_network(arch, channels_last):
+    mod, why = _import_peer("peers.torch_models")
+    if mod is None:
+        return None, why
+    import torch
+    torch.manual_seed(0)
+    model = (mod.UNet() if arch == "unet" else mod.StripeAutoencoder()).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+
+    def run(x):
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)[None, None]).contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            return model(t)[0, 0].numpy()
+    return run, None
+
+
+def network_contenders(arch, *, torch_ok, notes):
+    """jaxdn network forward (f32, bf16) and its PyTorch twin (NCHW, channels-last), whole frames.
+
+    Shipped weights are used when present (PSNR vs clean is then meaningful); otherwise all use
+    random initial weights and only speed (and bf16-vs-f32 agreement) is reported.
+    """
+    from .weights_io import shipped
+    wf = shipped(NETWORK_WEIGHTS[arch])
+    out = []
+    f32, trained = _jaxdn_network(arch, "float32", wf)
+    label = "shipped weights" if trained else "random weights (speed only)"
+    out.append(Contender(f"{arch}-net", "jaxdn", f"{arch}-net", f32, note=f"whole frame, f32, {label}",
+                         quality=trained))
+    bf16, _ = _jaxdn_network(arch, "bfloat16", wf)
+    out.append(Contender(f"{arch}-net-bf16", "jaxdn-variant", f"{arch}-net", bf16,
+                         note=f"whole frame, bf16 compute, {label}; PSNR vs f32 output", quality=trained,
+                         agree_with=f"{arch}-net", dashed=True))
+    if torch_ok:
+        for cl in (False, True):
+            fn, why = _torch_network(arch, cl)
+            if fn is None:
+                notes.append(f"torch {arch} peer unavailable: {why}")
+                break
+            out.append(Contender(f"torch:{arch}-net" + ("-cl" if cl else ""), "peer", f"{arch}-net", fn,
+                                 note=("channels-last" if cl else "NCHW") + ", PyTorch CPU eager, random weights",
+                                 quality=False, dashed=True))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Extra probes
 # ---------------------------------------------------------------------------------------------
@@ -631,23 +714,38 @@ def shape_probe(fn, sim, *, base=256, others=(250, 257, 300), log=None) -> list[
     return rows
 
 
-def train_throughput(quick, log=None, notes=None):
-    """Train-step rows from ``benchmarks/train_throughput.py`` (owned by the model helpers)."""
+TRAIN_CASES = ("unet/jax-f32-im2col", "unet/torch-channels-last", "stripes/jax-f32-im2col",
+               "stripes/torch-channels-last")
+
+
+def train_throughput(quick, log=None, notes=None, cases=TRAIN_CASES):
+    """Train-step rows from ``benchmarks/train_throughput.py`` (the model helpers' script), run
+    in this process for a subset of its cases; its own stdout goes to stderr."""
+    import contextlib
     mod, why = _import_peer("train_throughput")
-    if mod is None:
+    if mod is None or not hasattr(mod, "main"):
         if notes is not None:
-            notes.append(f"train-step throughput: skipped ({why})")
+            notes.append(f"train-step throughput: skipped ({why or 'no main() in benchmarks/train_throughput.py'})")
         return None
-    for fname in ("bench_rows", "run", "measure", "main_rows"):
-        f = getattr(mod, fname, None)
-        if callable(f):
-            try:
-                return f(quick=quick)
-            except TypeError:
-                return f()
-    if notes is not None:
-        notes.append("train-step throughput: benchmarks/train_throughput.py has no bench_rows(quick=) function")
-    return None
+    if not _has("torch"):
+        cases = tuple(c for c in cases if "torch" not in c)
+    out = Path(tempfile.mkdtemp(prefix="jaxdn-bench-")) / "train.json"
+    argv = ["--only", ",".join(cases), "--out", str(out)] + (["--quick"] if quick else ["--repeats", "3"])
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            mod.main(argv)
+        res = json.loads(out.read_text())
+    except Exception as err:
+        if notes is not None:
+            notes.append(f"train-step throughput failed: {type(err).__name__}: {err}")
+        return None
+    rows = []
+    for name, r in res.get("cases", {}).items():
+        row = {"case": name}
+        row.update({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
+        rows.append(row)
+    return {"rows": rows, "matmul_f32_gflops_2048": res.get("matmul_f32_gflops"),
+            "command": "python benchmarks/train_throughput.py " + " ".join(argv[:2] + argv[4:])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,6 +829,34 @@ def run_suite(args, argv=None, log=print) -> dict:
     doc["cases"] = cases
     doc["ratios"] = ratios
 
+    net_sizes = [n for n in sizes if n % 4 == 0 and n <= args.network_max_size]
+    if args.networks and net_sizes:
+        log("networks (whole-frame forward, jaxdn vs PyTorch):")
+        torch_ok = "torch" in peers and _has("torch")
+        if "torch" in peers and not torch_ok:
+            notes.append("PyTorch peers skipped: torch not installed (pip install torch==2.13.0)")
+        for arch in args.networks:
+            try:
+                contenders = network_contenders(arch, torch_ok=torch_ok, notes=notes)
+            except Exception as err:
+                notes.append(f"{arch} network benchmark unavailable: {type(err).__name__}: {err}")
+                continue
+            for size in net_sizes:
+                clean, noisy = inputs[(1, size)]
+                log(f"{arch} {size}²:")
+                rows = run_interleaved(contenders, noisy, repeats=args.repeats, clean=clean, log=log)
+                ref = next((r for r in rows if r["kind"] == "jaxdn" and r.get("stats")), None)
+                for r in rows:
+                    r.update({"size": size, "frames": 1, "shape": list(noisy.shape), "section": "network"})
+                    if ref is None or r is ref or not r.get("stats"):
+                        continue
+                    pr = paired_ratios(r["times_s"], ref["times_s"])
+                    ratios.append({"size": size, "frames": 1, "jaxdn": ref["name"], "peer": r["name"],
+                                   "peer_kind": r["kind"], **pr, "psnr_jaxdn_db": ref.get("psnr_db"),
+                                   "psnr_peer_db": r.get("psnr_db", r.get("psnr_vs_ref_db"))})
+                    log(f"  {ref['name']} vs {r['name']}: jaxdn speed-up {pr['speedup']:.3g}×")
+                doc.setdefault("network_cases", []).extend(rows)
+
     if "reucid" in methods and args.shape_probe:
         log("shape probe (new image sizes near 256²):")
         fn, has_w = methods["reucid"]
@@ -765,6 +891,33 @@ def _f(v, fmt):
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
 
 
+def _case_table(cases) -> list[str]:
+    lines = ["| input | method | kind | median | IQR | min–max | frames/s | MPix/s | first call | "
+             "peak RSS Δ | PSNR (noisy) | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in cases:
+        inp = f"{r['frames']}×{r['size']}²" if r["frames"] > 1 else f"{r['size']}²"
+        if r.get("error"):
+            lines.append(f"| {inp} | {r['name']} | {r['kind']} | error | | | | | | | | {r['error']} |")
+            continue
+        st = r.get("stats")
+        if not st:
+            continue
+        if r.get("psnr_db") is not None:
+            q = f"{_f(r.get('psnr_db'), '.2f')} ({_f(r.get('psnr_noisy_db'), '.2f')}) dB"
+        elif r.get("psnr_vs_ref_db") is not None:
+            q = f"{_f(r['psnr_vs_ref_db'], '.1f')} dB vs {r['ref']}"
+        else:
+            q = "–"
+        dev = f"; device peak {r['device_peak_mb']:.0f} MB" if r.get("device_peak_mb") else ""
+        lines.append(
+            f"| {inp} | {r['name']} | {r['kind']} | {_fmt_t(st['median'])} | {_fmt_t(st['iqr'])} | "
+            f"{_fmt_t(st['min'])}–{_fmt_t(st['max'])} | {_f(r['frames_per_s'], '.3g')} | "
+            f"{_f(r['mpix_per_s'], '.3g')} | {_fmt_t(r.get('first_call_s'))} | "
+            f"{_f(r.get('rss_peak_mb'), '.0f')} MB | {q} | {r.get('note', '')}{dev} |")
+    return lines
+
+
 def markdown(doc) -> str:
     """The run as markdown: environment, throughput table, ratios, paper context, extras."""
     env = doc["env"]
@@ -792,23 +945,12 @@ def markdown(doc) -> str:
         elif "error" in p:
             lines.append(f"- Matmul peak ({p['dtype']}): {p['error']}")
     lines.append("")
-    lines.append("| input | method | kind | median | IQR | min–max | frames/s | MPix/s | first call | "
-                 "peak RSS Δ | PSNR (noisy) | note |")
-    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in doc["cases"]:
-        inp = f"{r['frames']}×{r['size']}²" if r["frames"] > 1 else f"{r['size']}²"
-        if r.get("error"):
-            lines.append(f"| {inp} | {r['name']} | {r['kind']} | error | | | | | | | | {r['error']} |")
-            continue
-        st = r.get("stats")
-        if not st:
-            continue
-        lines.append(
-            f"| {inp} | {r['name']} | {r['kind']} | {_fmt_t(st['median'])} | {_fmt_t(st['iqr'])} | "
-            f"{_fmt_t(st['min'])}–{_fmt_t(st['max'])} | {_f(r['frames_per_s'], '.3g')} | "
-            f"{_f(r['mpix_per_s'], '.3g')} | {_fmt_t(r.get('first_call_s'))} | "
-            f"{_f(r.get('rss_peak_mb'), '.0f')} MB | {_f(r.get('psnr_db'), '.2f')} ({_f(r.get('psnr_noisy_db'), '.2f')}) dB | "
-            f"{r.get('note', '')} |")
+    lines += _case_table(doc["cases"])
+    if doc.get("network_cases"):
+        lines.append("")
+        lines.append("Networks, whole-frame forward pass (batch 1), jaxdn vs the same architecture in PyTorch:")
+        lines.append("")
+        lines += _case_table(doc["network_cases"])
     if doc.get("ratios"):
         lines.append("")
         lines.append("Speed-ups (same run, same input, interleaved; median of per-round peer/jaxdn time ratios, "
@@ -854,7 +996,8 @@ def markdown(doc) -> str:
     tr = doc.get("train")
     if tr:
         lines.append("")
-        lines.append("Train steps (from `benchmarks/train_throughput.py`):")
+        lines.append(f"Train steps (`{tr.get('command', 'benchmarks/train_throughput.py')}`, same process; "
+                     "GFLOP/s from analytic conv FLOPs; % of this run's f32 matmul peak):")
         lines.append("")
         lines.append(_rows_table(tr, doc.get("matmul_peak")))
     if doc.get("notes"):
@@ -877,7 +1020,9 @@ def _rows_table(rows, peaks):
         for k in r:
             if k not in keys and not isinstance(r[k], (list, dict)):
                 keys.append(k)
-    flop_key = next((k for k in keys if "flop" in k.lower() and "per_s" in k.lower()), None)
+    flop_key = next((k for k in keys if k in ("train_gflops", "gflops") or
+                     ("flop" in k.lower() and "per_s" in k.lower())), None)
+    scale = 1e9 if flop_key and "gflops" in flop_key else 1.0
     if peak and flop_key:
         keys.append("% of f32 peak")
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -886,7 +1031,7 @@ def _rows_table(rows, peaks):
         for k in keys:
             if k == "% of f32 peak":
                 v = r.get(flop_key)
-                vals.append(f"{100 * v / peak:.1f} %" if isinstance(v, (int, float)) and v else "–")
+                vals.append(f"{100 * v * scale / peak:.1f} %" if isinstance(v, (int, float)) and v else "–")
                 continue
             v = r.get(k)
             vals.append(f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "–"))
@@ -894,26 +1039,40 @@ def _rows_table(rows, peaks):
     return "\n".join(out)
 
 
+def _plot_series(ax, cases):
+    series = {}
+    for r in cases:
+        if r.get("stats") and r["frames"] == 1:
+            series.setdefault((r["name"], r["kind"]), []).append((r["size"], r["mpix_per_s"]))
+    for (name, kind), pts in sorted(series.items(), key=lambda kv: (kv[0][1] != "jaxdn", kv[0][0])):
+        pts.sort()
+        xs, ys = zip(*pts)
+        jx = kind == "jaxdn"
+        ax.plot(xs, ys, "-" if jx else "--", marker="o" if jx else ".", lw=2.2 if jx else 1.2,
+                label=f"{name} ({kind})")
+    for r in cases:
+        if r.get("stats") and r["frames"] > 1:
+            ax.plot([r["size"]], [r["mpix_per_s"]], marker="*", ms=11, ls="none",
+                    color="k" if r["kind"] == "jaxdn" else "0.6", label=f"{r['name']} stack {r['frames']}×{r['size']}²")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("image side (px), square frames")
+    ax.set_ylabel("throughput (megapixels / s)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot(doc, path) -> None:
-    """Log-log throughput (MPix/s) vs image side; jaxdn solid, peers dashed, papers as markers."""
+    """Log-log throughput (MPix/s) vs image side; jaxdn solid, peers dashed, papers as markers.
+
+    A second panel shows the network forward passes (jaxdn vs PyTorch) when they were run.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    series = {}
-    for r in doc["cases"]:
-        if r.get("stats") and r["frames"] == 1:
-            series.setdefault((r["name"], r["kind"]), []).append((r["size"], r["mpix_per_s"]))
-    for i, ((name, kind), pts) in enumerate(sorted(series.items(), key=lambda kv: (kv[0][1] != "jaxdn", kv[0][0]))):
-        pts.sort()
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, "-" if kind == "jaxdn" else "--", marker="o" if kind == "jaxdn" else ".",
-                lw=2.2 if kind == "jaxdn" else 1.2, label=f"{name} ({kind})")
-    for r in doc["cases"]:
-        if r.get("stats") and r["frames"] > 1:
-            ax.plot([r["size"]], [r["mpix_per_s"]], marker="*", ms=11, ls="none",
-                    color="k" if r["kind"] == "jaxdn" else "0.6",
-                    label=f"{r['name']} stack {r['frames']}×{r['size']}²")
+    nets = doc.get("network_cases") or []
+    fig, axes = plt.subplots(1, 2 if nets else 1, figsize=(15 if nets else 8.5, 6), squeeze=False)
+    ax = axes[0, 0]
+    _plot_series(ax, doc["cases"])
     pap = [p for p in doc["paper"] if p["kind"] == "paper"]
     bud = [p for p in doc["paper"] if p["kind"] == "budget"]
     if pap:
@@ -921,18 +1080,18 @@ def plot(doc, path) -> None:
                 mfc="none", color="tab:red", label="REUCID paper (i7-11700, 1 thread; other hardware)")
     if bud:
         ax.plot([p["size"] for p in bud], [p["size"] ** 2 / 1e6 / p["seconds"] for p in bud], "^", ms=9,
-                mfc="none", color="tab:green", label="real-time budget (Noise2Atom data)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("image side (px), square frames")
-    ax.set_ylabel("throughput (megapixels / s)")
+                mfc="none", color="tab:green", label="real-time budget per frame (Noise2Atom data)")
     env = doc["env"]
-    ax.set_title(f"jaxdn bench — {env['backend']}, {env['cpu_model'][:40]}, {env['date_utc'][:10]}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"denoisers — {env['backend']}, {env['cpu_model'][:40]}, {env['date_utc'][:10]}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
+    if nets:
+        ax2 = axes[0, 1]
+        _plot_series(ax2, nets)
+        ax2.set_title("network forward, batch 1 (jaxdn solid, PyTorch dashed)", fontsize=10)
+        ax2.legend(fontsize=7, loc="best")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -998,6 +1157,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time REUCID's first call at new sizes near 256² (default: on unless --quick)")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
                    help="train-step throughput via benchmarks/train_throughput.py (default: on unless --quick)")
+    p.add_argument("--networks", nargs="*", choices=("unet", "stripes"), default=None,
+                   help="network forward passes to time against PyTorch (default: unet stripes; none: empty)")
+    p.add_argument("--network-max-size", type=int, default=None, metavar="N",
+                   help="largest image side for the network section (default 1024; quick 256)")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     p.add_argument("--peak-size", type=int, metavar="N",
                    help="side of the square matmul for the peak (default 4096; quick 2048)")
@@ -1020,6 +1183,10 @@ def _resolve(args):
         raise InputError("--sizes must be at least 32 px")
     if args.peers is None:
         args.peers = list(ALL_PEERS)
+    if args.networks is None:
+        args.networks = ["unet", "stripes"]
+    if args.network_max_size is None:
+        args.network_max_size = 256 if args.quick else 1024
     bad = [x for x in args.peers if x not in ALL_PEERS]
     if bad:
         raise InputError(f"unknown peer(s) {', '.join(bad)}; choose from {', '.join(ALL_PEERS)}")
