@@ -48,12 +48,12 @@ class UNetDataConfig:
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
     noise_model: str = "g"        # "g" | "sp" | "gsp" | "bbg"; the CLI method name overrides it
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 16
     seed: int = 0
     loss: str = "mae"             # paper: mean absolute error
     log_every: int = 25
-    eval_every: int = 200
+    eval_every: int = 150
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     compute_dtype: str = "float32"
@@ -78,7 +78,7 @@ def get_config(variant: str = "default") -> UNetConfig:
                                      model=UNetModelConfig(widths=(32, 64, 128), im2col_first=False, bn_momentum=0.99),
                                      data=dataclasses.replace(base.data, n_images=55),
                                      optim=OptimConfig(name="adam", lr=1e-3, schedule="constant")),
-        "fast": dataclasses.replace(base, batch_size=64, steps=300, compute_dtype="bfloat16"),
+        "fast": dataclasses.replace(base, batch_size=64, steps=150, compute_dtype="bfloat16"),
         "tiny": dataclasses.replace(base, steps=6, batch_size=4, log_every=2, eval_every=0, checkpoint_every=3,
                                     model=UNetModelConfig(widths=(4, 8, 8)),
                                     data=dataclasses.replace(base.data, n_images=2, image_size=128, layouts=(2,)),
