@@ -135,6 +135,107 @@ def denoise_file(input_path: Path, output_path: Path, *, method: str = api.DEFAU
                       filled_nonfinite=n_filled, report=rep)
 
 
+def _all_ok(ok: bool) -> bool:
+    """True on every process when `ok` is True on every process (a collective: also a barrier)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
+
+
+def _all_sum(value: int) -> int:
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return int(np.sum(multihost_utils.process_allgather(np.array([int(value)], np.int64))))
+
+
+def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = api.DEFAULT_METHOD, weights=None,
+                        seed: int = 0, overwrite: bool = False, report: bool = False,
+                        fill_nonfinite: bool = False, channel: int | None = None, progress: bool = False,
+                        options: dict[str, Any] | None = None, resume: bool = False,
+                        batch_frames: int | None = None) -> FileResult:
+    """One file denoised by all processes of a multi-process run (every process calls this).
+
+    A stack written to .tif/.tiff/.npy is split into contiguous frame ranges (`process_share`);
+    each process streams its range into a hidden part file beside the output (the output folder
+    must be shared by all processes), then process 0 concatenates the parts into the output and
+    its sidecar, and the parts are removed. Single images, other output formats and stacks with
+    fewer frames than processes are denoised by process 0 alone. A failure on any process fails
+    the file on every process (no partial output).
+    """
+    import jax
+    from . import stream as _stream
+    from .provenance import provenance
+    from .sharding import process_share
+
+    pid, count = jax.process_index(), jax.process_count()
+    input_path, output_path = Path(input_path), Path(output_path)
+    options = dict(options or {})
+    if resume and _stream.is_complete(input_path, output_path, method=method):
+        return FileResult(input=input_path, output=output_path, skipped=True)
+    if resume and not output_path.exists() and _stream.sidecar_path(output_path).is_file():
+        overwrite = True
+    check_output(input_path, output_path, overwrite=overwrite)
+    api.method_function(method)
+    lazy = io.open_lazy(input_path, channel=channel) if _stream.can_stream(output_path) else None
+    if lazy is None or len(lazy.shape) == 2 or lazy.n_frames < count:
+        res, err = None, None
+        if pid == 0:
+            try:
+                res = denoise_file(input_path, output_path, method=method, weights=weights, seed=seed,
+                                   overwrite=overwrite, report=report, fill_nonfinite=fill_nonfinite,
+                                   channel=channel, progress=progress, options=options, batch_frames=batch_frames)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes know
+                err = e
+        if not _all_ok(err is None):
+            if err is not None:
+                raise err
+            raise InputError(f"{input_path}: failed on process 0")
+        return res or FileResult(input=input_path, output=output_path)
+
+    share = process_share(range(lazy.n_frames))
+    part = output_path.with_name(f".{output_path.name}.part{pid}-of-{count}.npy")
+    parts = [output_path.with_name(f".{output_path.name}.part{i}-of-{count}.npy") for i in range(count)]
+    err, res = None, None
+    try:
+        try:
+            res = _stream.denoise_stack(input_path, part, method=method, weights=weights, seed=seed, overwrite=True,
+                                        fill_nonfinite=fill_nonfinite, channel=channel, progress=progress,
+                                        options=options, batch_frames=batch_frames, stack=lazy,
+                                        frame_range=(share[0], share[-1] + 1), sidecar=False)
+        except Exception as e:  # noqa: BLE001
+            err = e
+        if not _all_ok(err is None):
+            if err is not None:
+                raise err
+            raise InputError(f"{input_path}: failed on another process")
+        filled = _all_sum(res.filled_nonfinite)
+        if pid == 0:
+            try:
+                record = provenance(method=method, input_path=input_path, weights=api.weights_path(method, weights),
+                                    seed=seed, parameters={**res.options, "fill_nonfinite": fill_nonfinite or None,
+                                                           "filled_pixels": filled or None, "channel": channel,
+                                                           "processes": count})
+                unit = lazy.unit if lazy.pixel_size is not None else None
+                _stream.assemble_parts(parts, output_path, shape=tuple(lazy.shape), pixel_size=lazy.pixel_size,
+                                       unit=unit, record=record, overwrite=overwrite)
+            except Exception as e:  # noqa: BLE001
+                err = e
+        if not _all_ok(err is None):
+            if err is not None:
+                raise err
+            raise InputError(f"{input_path}: assembling the output failed on process 0")
+    finally:
+        part.unlink(missing_ok=True)
+    rep = None
+    if report and pid == 0:
+        from .report import save_report
+        rep = save_report(output_path.with_name(output_path.stem + "_report.png"), res.first_noisy,
+                          res.first_denoised, pixel_size=res.pixel_size, unit=res.unit,
+                          title=f"{input_path.name} — {method}")
+    return FileResult(input=input_path, output=output_path, shape=tuple(lazy.shape), filled_nonfinite=filled,
+                      report=rep, streamed=True)
+
+
 def example_path() -> Path:
     """The bundled example: a small simulated noisy STEM frame stack shipped inside the package."""
     return Path(__file__).parent / "data" / "example_stem_stack.tif"

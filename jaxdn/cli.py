@@ -50,7 +50,8 @@ def _add_denoise(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="skip inputs whose output and sidecar exist for the same input (SHA-256) and method")
     p.add_argument("--batch-frames", type=int, help="frames per chunk when streaming stacks (default: from the memory budget)")
-    g = p.add_argument_group("multi-process (one process per host; files are split between processes)")
+    g = p.add_argument_group("multi-process (one process per host, shared output folder): files are split "
+                             "between processes, or the frames of each stack when there are fewer files")
     g.add_argument("--coordinator", help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
     g.add_argument("--num-processes", type=int, help="number of processes (default: $JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, help="this process's id 0..N-1 (default: $JAX_PROCESS_ID)")
@@ -90,22 +91,30 @@ def _denoise_files(args) -> int:
     outs = [t for _, t in targets]
     if len(set(map(str, outs))) != len(outs):
         raise JaxdnError("two inputs would write the same output name; denoise them into different folders")
-    single = len(targets) == 1 and not multi
-    if multi:  # every process sees the same sorted list and takes its contiguous share
+    single = len(targets) == 1
+    denoise_one, speak = batch.denoise_file, not args.quiet
+    if multi:
         import jax
-        targets = process_share(targets)
-        if not args.quiet:
-            print(f"jaxdn: process {jax.process_index()} of {jax.process_count()}: {len(targets)} files",
-                  file=sys.stderr)
+        if len(targets) >= jax.process_count():
+            # every process sees the same sorted list and takes its contiguous share of the files
+            targets, single = process_share(targets), False
+            if speak:
+                print(f"jaxdn: process {jax.process_index()} of {jax.process_count()}: {len(targets)} files",
+                      file=sys.stderr)
+        else:
+            # fewer files than processes: all processes share the frames of each stack
+            denoise_one, speak = batch.denoise_file_shared, speak and jax.process_index() == 0
+            if speak:
+                print(f"jaxdn: {jax.process_count()} processes share the frames of each stack", file=sys.stderr)
     failed = 0
-    bar = tqdm(targets, desc="files", unit="file", disable=args.quiet or single)
+    bar = tqdm(targets, desc="files", unit="file", disable=not speak or single)
     for inp, out in bar:
         try:
-            res = batch.denoise_file(inp, out, method=args.method, weights=args.weights, seed=args.seed,
-                                     overwrite=args.overwrite, report=args.report,
-                                     fill_nonfinite=args.fill_nonfinite, channel=args.channel,
-                                     progress=not args.quiet, options=options, resume=args.resume,
-                                     batch_frames=args.batch_frames)
+            res = denoise_one(inp, out, method=args.method, weights=args.weights, seed=args.seed,
+                              overwrite=args.overwrite, report=args.report,
+                              fill_nonfinite=args.fill_nonfinite, channel=args.channel,
+                              progress=speak, options=options, resume=args.resume,
+                              batch_frames=args.batch_frames)
         except JaxdnError as err:
             if single:
                 raise
@@ -113,10 +122,10 @@ def _denoise_files(args) -> int:
             tqdm.write(f"jaxdn: skipped {inp}: {err}", file=sys.stderr)
             continue
         if res.skipped:
-            if not args.quiet:
+            if speak:
                 tqdm.write(f"{inp} -> {res.output} already complete (--resume)")
             continue
-        if not args.quiet:
+        if speak:
             msg = f"{inp} -> {res.output} {res.shape}"
             if res.filled_nonfinite:
                 msg += f" (replaced {res.filled_nonfinite} NaN/inf pixels by the local median)"

@@ -55,6 +55,7 @@ class StreamResult:
     pixel_size: float | None
     unit: str | None
     chunks: int
+    options: dict | None = None  # the method options used (after the method's `stream_options`)
 
 
 def frames_per_chunk(frame_shape: tuple[int, int], *, memory_budget: int | None = None,
@@ -243,48 +244,44 @@ def _stream_options_hook(method: str):
         return None
 
 
-def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFAULT_METHOD, weights=None,
-                  seed: int = 0, overwrite: bool = False, fill_nonfinite: bool = False,
-                  channel: int | None = None, progress: bool = False, options: dict[str, Any] | None = None,
-                  batch_frames: int | None = None, stack: io.LazyStack | None = None) -> StreamResult:
-    """Denoise a (T, H, W) stack chunk by chunk into `output_path` (.tif/.tiff/.npy), atomically.
-
-    Args:
-      input_path: the input file (read lazily; never modified).
-      output_path: the output file; its provenance sidecar is `<output>.json`.
-      method, weights, seed, fill_nonfinite, channel, options: as `batch.denoise_file`.
-      progress: a progress bar over frames.
-      batch_frames: frames per chunk (default `frames_per_chunk` from ``options['memory_budget']``).
-      stack: an already opened `io.open_lazy(input_path)`.
-    Returns:
-      `StreamResult`. Raises `JaxdnError` subclasses for bad input or outputs; on any error or
-      interruption no output, sidecar or temporary file is left behind.
-    """
-    from tqdm import tqdm
-    from .provenance import provenance
-
-    input_path, output_path = Path(input_path), Path(output_path)
-    options = dict(options or {})
-    suffix = output_path.suffix.lower()
-    if suffix not in STREAM_OUTPUTS:
-        raise InputError(f"{output_path}: streaming writes {' '.join(STREAM_OUTPUTS)} only")
-    lazy = stack if stack is not None else io.open_lazy(input_path, channel=channel)
-    shape = tuple(int(n) for n in lazy.shape)
-    if len(shape) == 2:
-        shape = (1,) + shape
-    n, frame_shape = shape[0], shape[1:]
-    read_frames = (_file_reader(lazy) if channel is None else None) or lazy.frames
-    hook = _stream_options_hook(method)
-    if hook is not None:
-        options = dict(hook(lazy, options))
-    k = int(batch_frames) if batch_frames else frames_per_chunk(
-        frame_shape, memory_budget=options.get("memory_budget"), n_frames=n)
-    if k < 1:
-        raise InputError("--batch-frames must be at least 1")
-    k = min(k, n)
-    n_chunks = math.ceil(n / k)
+def _write_output(output_path: Path, chunks: Iterator[np.ndarray], *, shape: tuple[int, ...], pixel_size,
+                  unit, record_fn=None) -> None:
+    """Write `chunks` into a temporary file, add the sidecar (``record_fn()`` -> provenance dict,
+    called after the data are written; None: no sidecar), then rename both into place."""
     sidecar = sidecar_path(output_path)
-    for target in (output_path, sidecar):
+    tmp = io._temp_path(output_path)
+    tmp_json = io._temp_path(sidecar)
+    try:
+        if output_path.suffix.lower() == ".npy":
+            _write_npy(tmp, chunks, shape)
+        else:
+            _write_tiff(tmp, chunks, shape if len(shape) == 3 else (1,) + tuple(shape), pixel_size, unit)
+        if record_fn is not None:
+            record = {
+                "provenance": io._jsonable(record_fn()),
+                "output": output_path.name,
+                "output_sha256": io.sha256_file(tmp),
+                "pixel_size": pixel_size,
+                "unit": unit if pixel_size is not None else None,
+                "shape": list(shape),
+                "dtype": "float32",
+            }
+            tmp_json.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        io._commit(tmp, output_path)
+        if record_fn is not None:
+            io._commit(tmp_json, sidecar)
+    except OSError as err:
+        raise JaxdnError(f"{output_path}: cannot write ({err.strerror or err})") from None
+    finally:
+        for t in (tmp, tmp_json):
+            if t.exists():
+                t.unlink()
+
+
+def _check_targets(output_path: Path, *, overwrite: bool, sidecar: bool = True) -> None:
+    for target in (output_path, sidecar_path(output_path) if sidecar else None):
+        if target is None:
+            continue
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
         if target.is_dir():
@@ -294,19 +291,67 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
     except OSError as err:
         raise JaxdnError(f"{output_path}: cannot create the output folder ({err.strerror or err})") from None
 
+
+def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFAULT_METHOD, weights=None,
+                  seed: int = 0, overwrite: bool = False, fill_nonfinite: bool = False,
+                  channel: int | None = None, progress: bool = False, options: dict[str, Any] | None = None,
+                  batch_frames: int | None = None, stack: io.LazyStack | None = None,
+                  frame_range: tuple[int, int] | None = None, sidecar: bool = True) -> StreamResult:
+    """Denoise a (T, H, W) stack chunk by chunk into `output_path` (.tif/.tiff/.npy), atomically.
+
+    Args:
+      input_path: the input file (read lazily; never modified).
+      output_path: the output file; its provenance sidecar is `<output>.json`.
+      method, weights, seed, fill_nonfinite, channel, options: as `batch.denoise_file`.
+      progress: a progress bar over frames.
+      batch_frames: frames per chunk (default `frames_per_chunk` from ``options['memory_budget']``).
+      stack: an already opened `io.open_lazy(input_path)`.
+      frame_range: only frames ``start..stop-1`` (a multi-process share), chunked and padded exactly
+        as in a run over the whole stack.
+      sidecar: write the provenance sidecar (False for the parts of a multi-process run).
+    Returns:
+      `StreamResult`. Raises `JaxdnError` subclasses for bad input or outputs; on any error or
+      interruption no output, sidecar or temporary file is left behind.
+    """
+    from tqdm import tqdm
+    from .provenance import provenance
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    options = dict(options or {})
+    if output_path.suffix.lower() not in STREAM_OUTPUTS:
+        raise InputError(f"{output_path}: streaming writes {' '.join(STREAM_OUTPUTS)} only")
+    lazy = stack if stack is not None else io.open_lazy(input_path, channel=channel)
+    shape = tuple(int(n) for n in lazy.shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    n, frame_shape = shape[0], shape[1:]
+    first, last = (0, n) if frame_range is None else (max(0, frame_range[0]), min(n, frame_range[1]))
+    read_frames = (_file_reader(lazy) if channel is None else None) or lazy.frames
+    hook = _stream_options_hook(method)
+    if hook is not None:
+        options = dict(hook(lazy, options))
+    k = int(batch_frames) if batch_frames else frames_per_chunk(
+        frame_shape, memory_budget=options.get("memory_budget"), n_frames=n)
+    if k < 1:
+        raise InputError("--batch-frames must be at least 1")
+    k = min(k, n)
+    pad = n > k           # several chunks in the whole stack: every call gets exactly k frames
+    n_chunks = math.ceil((last - first) / k) if last > first else 0
+    _check_targets(output_path, overwrite=overwrite, sidecar=sidecar)
+
     state = {"filled": 0, "first": None, "first_out": None}
 
     def chunks() -> Iterator[np.ndarray]:
-        bar = tqdm(total=n, desc=input_path.name, unit="frame", disable=not progress, leave=False)
+        bar = tqdm(total=last - first, desc=input_path.name, unit="frame", disable=not progress, leave=False)
         try:
-            for start in range(0, n, k):
-                block = read_frames(start, start + k)                     # float32 (m, H, W)
+            for start in range(first, last, k):
+                block = read_frames(start, min(start + k, last))          # float32 (m, H, W)
                 m = block.shape[0]
                 block, filled = validate.fill_nonfinite(block, fill=fill_nonfinite)
                 state["filled"] += filled
                 if state["first"] is None:
                     state["first"] = block[0].copy()
-                if m < k and n_chunks > 1:                                 # same shape for every call
+                if m < k and pad:                                          # same shape for every call
                     block = np.concatenate([block, np.repeat(block[-1:], k - m, axis=0)])
                 data = block if len(lazy.shape) == 3 else block[0]
                 out = api.denoise(data, method, weights=weights, seed=seed, progress=False, **options)
@@ -320,35 +365,35 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
         finally:
             bar.close()
 
-    tmp = io._temp_path(output_path)
-    tmp_json = io._temp_path(sidecar)
-    try:
-        if suffix == ".npy":
-            _write_npy(tmp, chunks(), shape if len(lazy.shape) == 3 else frame_shape)
-        else:
-            _write_tiff(tmp, chunks(), shape, lazy.pixel_size, lazy.unit)
-        record = {
-            "provenance": io._jsonable(provenance(
-                method=method, input_path=input_path, weights=api.weights_path(method, weights), seed=seed,
-                parameters={**options, "fill_nonfinite": fill_nonfinite or None,
-                            "filled_pixels": state["filled"] or None, "channel": channel})),
-            "output": output_path.name,
-            "output_sha256": io.sha256_file(tmp),
-            "pixel_size": lazy.pixel_size,
-            "unit": lazy.unit if lazy.pixel_size is not None else None,
-            "shape": list(lazy.shape),
-            "dtype": "float32",
-        }
-        tmp_json.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        io._commit(tmp, output_path)
-        io._commit(tmp_json, sidecar)
-    except OSError as err:
-        raise JaxdnError(f"{output_path}: cannot write ({err.strerror or err})") from None
-    finally:
-        for t in (tmp, tmp_json):
-            if t.exists():
-                t.unlink()
-    return StreamResult(output=output_path, shape=tuple(lazy.shape), filled_nonfinite=state["filled"],
+    def record():
+        return provenance(method=method, input_path=input_path, weights=api.weights_path(method, weights), seed=seed,
+                          parameters={**options, "fill_nonfinite": fill_nonfinite or None,
+                                      "filled_pixels": state["filled"] or None, "channel": channel})
+
+    out_shape = tuple(lazy.shape) if frame_range is None else (last - first,) + tuple(frame_shape)
+    unit = lazy.unit if lazy.pixel_size is not None else None
+    _write_output(output_path, chunks(), shape=out_shape, pixel_size=lazy.pixel_size, unit=unit,
+                  record_fn=record if sidecar else None)
+    return StreamResult(output=output_path, shape=out_shape, filled_nonfinite=state["filled"],
                         first_noisy=state["first"], first_denoised=state["first_out"],
-                        pixel_size=lazy.pixel_size, unit=lazy.unit if lazy.pixel_size is not None else None,
-                        chunks=n_chunks)
+                        pixel_size=lazy.pixel_size, unit=unit, chunks=n_chunks, options=options)
+
+
+def assemble_parts(parts: list[Path], output_path: Path, *, shape: tuple[int, ...], pixel_size, unit,
+                   record: dict, overwrite: bool = False) -> Path:
+    """Concatenate per-process .npy parts (frames in order) into `output_path` with its sidecar,
+    streaming, atomically; the parts are left for the caller to remove."""
+    output_path = Path(output_path)
+    _check_targets(output_path, overwrite=overwrite)
+
+    def chunks():
+        for part in parts:
+            lazy = io.open_lazy(part)
+            read = _file_reader(lazy) or lazy.frames
+            k = max(1, frames_per_chunk(tuple(lazy.shape[-2:]), n_frames=lazy.n_frames) * 4)
+            for start in range(0, lazy.n_frames, k):
+                yield read(start, start + k)
+
+    _write_output(output_path, chunks(), shape=tuple(shape), pixel_size=pixel_size, unit=unit,
+                  record_fn=lambda: record)
+    return output_path

@@ -1,5 +1,6 @@
 """Multi-process `jaxdn denoise` (issue: Scale): two processes on 127.0.0.1 (CPU, gloo collectives)
 split the files of a folder between them and write exactly what one process writes."""
+import json
 import os
 import socket
 import subprocess
@@ -64,6 +65,33 @@ def test_two_processes_split_files_and_match_one_process(tmp_path):
     for name in names:
         if name.endswith(".tif"):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+@pytest.mark.slow  # three JAX processes
+def test_two_processes_share_the_frames_of_one_stack(tmp_path):
+    rng = np.random.default_rng(1)
+    io.write(tmp_path / "movie.tif", io.Image(data=rng.random((7, 24, 20)).astype(np.float32), pixel_size=0.2,
+                                              unit="nm"))
+    script = tmp_path / "jaxdn_fake.py"
+    script.write_text(WRAPPER.format(tests=TESTS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(JAX_PLATFORMS="cpu")
+    base = [sys.executable, str(script), "denoise", str(tmp_path / "movie.tif"), "-m", "smooth", "--batch-frames", "2"]
+    one = subprocess.run(base + ["-o", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = free_port()
+    procs = [subprocess.Popen(base + ["-o", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
+                                      "--num-processes", "2", "--process-id", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "share the frames" in outs[0][1]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["movie_denoised.tif", "movie_denoised.tif.json"]
+    assert (tmp_path / "one" / "movie_denoised.tif").read_bytes() == (tmp_path / "two" / "movie_denoised.tif").read_bytes()
+    side = json.loads((tmp_path / "two" / "movie_denoised.tif.json").read_text())
+    assert side["provenance"]["parameters"]["processes"] == 2 and side["shape"] == [7, 24, 20]
 
 
 def test_incomplete_multiprocess_settings_are_refused(tmp_path, monkeypatch, capsys):
