@@ -234,6 +234,9 @@ class _Weighted:
             def weighted(x):
                 import jax.numpy as jnp
                 y = fn(x)
+                if tuple(y.shape) != tuple(x.shape):
+                    raise InputError(f"tiled_apply: fn must map tiles {tuple(x.shape)} to the same shape, "
+                                     f"got {tuple(y.shape)}")
                 return jnp.asarray(y, jnp.float32) * w2
 
             per_fn[key] = weighted
@@ -301,7 +304,8 @@ def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progre
     w1 = _window_1d(t, o)
     norm_y = _fold(np.broadcast_to(w1, (ny, t)), s)[o:o + h]
     norm_x = _fold(np.broadcast_to(w1, (nx, t)), s)[o:o + w]
-    norm = (1.0 / np.outer(norm_y, norm_x)).astype(np.float32)
+    inv_y = (1.0 / norm_y).astype(np.float32)[:, None]   # separable normalisation: no (H, W) temporary
+    inv_x = (1.0 / norm_x).astype(np.float32)[None, :]
 
     mesh = _local_mesh()
     from .sharding import mesh_size
@@ -338,7 +342,8 @@ def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progre
             state["row"] += 1
             if state["row"] == ny:
                 b = state["img"]
-                out[b] = state["acc"][o:o + h, o:o + w] * norm
+                np.multiply(state["acc"][o:o + h, o:o + w], inv_y, out=out[b])
+                out[b] *= inv_x
                 state["acc"][:] = 0
                 state["img"] += 1
                 state["row"] = 0

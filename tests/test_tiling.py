@@ -172,6 +172,8 @@ def test_other_errors_are_not_swallowed_and_bad_shapes_refused():
         tiling.tiled_apply(broken, np.zeros((1, 40, 40), np.float32), tile=64)
     with pytest.raises(InputError):
         tiling.tiled_apply(lambda a: a, np.zeros((2, 3, 40, 40), np.float32))
+    with pytest.raises(InputError, match="same shape"):
+        tiling.tiled_apply(lambda a: a[:, 1:, 1:], np.zeros((1, 40, 40), np.float32), tile=64)
 
 
 def test_sharded_map_pads_and_crops():
