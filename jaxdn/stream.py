@@ -16,6 +16,11 @@ result for a frame depends on other frames (e.g. a parameter estimated from the 
 fix such parameters for all chunks by defining, in its module,
 ``stream_options(stack: io.LazyStack, options: dict) -> dict`` (options to use for every chunk).
 
+Multi-process runs (``jaxdn denoise --coordinator ...``): with at least as many files as processes
+each process takes a contiguous share of the files; with fewer, every process streams its share of
+each stack's frames (`denoise_stack(frame_range=...)`) into a hidden part file beside the output and
+process 0 concatenates them (`assemble_parts`) — see `batch.denoise_file_shared`.
+
 Interruption: `interrupt_on_sigterm()` turns SIGTERM into KeyboardInterrupt; temporary files are
 removed in ``finally`` so Ctrl-C or SIGTERM leaves no partial output. `is_complete` implements
 ``--resume``: an output is complete when the file and its sidecar exist and the sidecar records
