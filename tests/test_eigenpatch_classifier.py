@@ -1,6 +1,8 @@
 """Eigenpatch classifier (REUCID): architecture, shapes, jit, weights round trip, shipped weights."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,99 @@ def test_shipped_weights_load_and_rank_order():
     meta = read_meta(shipped(ec.WEIGHTS_NAME))
     assert "config" in meta and "metrics" in meta and "seed" in meta
     assert shipped(ec.WEIGHTS_NAME).stat().st_size < 1_000_000
+
+
+# ---- training (jaxdn.reucid.train_classifier) on a small synthetic label set -----------------
+
+def _synthetic_dataset(config, n=6, rank=25, seed=0):
+    """Label data in the `labels.build_dataset` layout: structured leading eigenpatches, noise after."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:25, 0:25] / 24.0
+    alpha = rng.integers(3, 12, size=n)
+    pats = np.empty((n, 1, rank, 25, 25, 1), np.float32)
+    for i in range(n):
+        for r in range(rank):
+            if r < alpha[i]:
+                f = (r % 4) + 1
+                pat = np.cos(np.pi * f * xx) * np.cos(np.pi * (r // 4) * yy)
+            else:
+                pat = rng.normal(size=(25, 25))
+            pats[i, 0, r, :, :, 0] = pat / np.linalg.norm(pat)
+    ev = np.sort(rng.uniform(0.01, 1, size=(n, 1, rank)), axis=-1)[..., ::-1]
+    ev = (ev / ev[..., :1])[..., None].astype(np.float32)
+    ar = np.arange(1, rank + 1)
+    psnr = (30.0 - np.abs(ar[None, None, :] - alpha[:, None, None]) * 0.5).astype(np.float32)
+    ief = (10 ** ((psnr - 20.0) / 10)).astype(np.float32)
+    return {"patches": pats, "eigvals": ev, "psnr": psnr, "ief": ief,
+            "dose": np.full(n, 1000.0, np.float32), "patch_size": np.full(n, 5, np.int32),
+            "size": np.full(n, 64, np.int32), "kind": np.zeros(n, np.int32),
+            "psnr_noisy": np.full(n, 15.0, np.float32)}
+
+
+def _tiny_config(**kw):
+    import dataclasses
+    from jaxdn.train.config import load_config
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs/reucid.py:tiny"))
+    return dataclasses.replace(cfg, steps=20, checkpoint_every=10, eval_every=10, log_every=10, **kw)
+
+
+def _seed_workdir(workdir, config):
+    from jaxdn.reucid import train_classifier as tc
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.savez(workdir / tc.DATASET_FILE, __meta__=np.asarray(tc._data_meta(config)), **_synthetic_dataset(config))
+
+
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "__meta__"}
+
+
+@pytest.mark.slow  # three short training runs: ~60 s on an idle 2-core CPU
+def test_train_tiny_end_to_end_reproducible_and_resumable(tmp_path):
+    from jaxdn.reucid import train_classifier as tc
+    from jaxdn.weights_io import read_meta
+    cfg = _tiny_config()
+    a, b = tmp_path / "a", tmp_path / "b"
+    _seed_workdir(a, cfg)
+    _seed_workdir(b, cfg)
+    res = tc.train(cfg, workdir=a, quiet=True)
+    w = Path(res["weights"])
+    assert w.is_file() and w.stat().st_size < 100_000
+    assert (a / "checkpoints").is_dir() and any((a / "checkpoints").iterdir())
+    assert 0.0 <= res["eval_accuracy"] <= 1.0 and np.isfinite(res["eval_delta_psnr"])
+    meta = read_meta(w)
+    assert meta["seed"] == cfg.seed and meta["config"]["label_metric"] == "psnr"
+    assert "eval_accuracy" in meta["metrics"]
+    assert tc.load_or_build_dataset(cfg, workdir=a)["psnr"].shape == (6, 1, 25)  # the cache is used
+
+    # Interrupted after 10 steps, then resumed to 20: identical to the straight run (and so the
+    # first half reproduces it from the seed).
+    assert tc.train(cfg, workdir=b, quiet=True, stop_after=10) == {"stopped_at": 10}
+    assert not (b / tc.WEIGHTS_FILE).exists()
+    res_b = tc.train(cfg, workdir=b, quiet=True)
+    assert res_b["resumed_from"] == 10 and res_b["steps_run"] == 10
+    wa, wb = _arrays(w), _arrays(res_b["weights"])
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_train_rejects_bad_options(tmp_path):
+    from jaxdn.errors import InputError
+    from jaxdn.reucid import train_classifier as tc
+    with pytest.raises(InputError, match="unknown options"):
+        tc.train(_tiny_config(), workdir=tmp_path, bogus=1)
+    with pytest.raises(InputError, match="label_metric"):
+        tc.train(_tiny_config(label_metric="ssim"), workdir=tmp_path)
+
+
+def test_config_variants():
+    from jaxdn.train.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    paper = load_config(str(root / "configs/reucid.py:paper"))
+    assert paper.label_metric == "edited_ief" and paper.c == 0.64
+    default = load_config(str(root / "configs/reucid.py"))
+    assert default.rank == 25 and default.eval_fraction == 0.2
+    assert 8 * default.n_images * default.rank >= 4200  # at least the paper's data set size
+    with pytest.raises((KeyError, InputError), match="unknown variant"):
+        load_config(str(root / "configs/reucid.py:nope"))

@@ -3,8 +3,8 @@
 Written independently of `jaxdn.reucid` from the paper (Mitchell, Sanvito & Jones, Sci. Rep. 2025,
 Algorithm 1), the way its authors describe their NumPy implementation:
 
-1. PSF width from the FFT autocorrelation: radial average, first minimum, else first inflection;
-   odd patch size p near that width, clamped to [5, 31].
+1. PSF width from the FFT autocorrelation: radial average, first minimum, else first inflection
+   (integer radius); p = the odd integer nearest that width, clamped to [5, 31].
 2. Every valid top-left pixel ((m−p+1)×(n−p+1) of them) gets a random stack label 0..d−1.
 3. Per stack: the patch matrix is materialised (`sliding_window_view` + boolean indexing, N × p²),
    `sklearn.utils.extmath.randomized_svd` (rank 25, 10 oversamples, 2 power iterations).
@@ -74,8 +74,7 @@ def estimate_patch_size(image: np.ndarray, *, lo: int = 5, hi: int = 31) -> int:
                 break
     if width is None:
         width = lo
-    p = int(round(width))
-    p += 1 - p % 2
+    p = 2 * int(width // 2) + 1  # the odd integer nearest to the width
     return int(min(max(p, lo), hi - (1 - hi % 2)))
 
 
@@ -195,7 +194,7 @@ def reconstruct(image, stacks, p):
             for dj in range(p):
                 canvas[di:di + windows.shape[0], dj:dj + windows.shape[1]] += full[:, :, di, dj]
         processed |= mask
-    terrain = patch_terrain(processed, p, (m, n))
+    terrain = patch_terrain(processed, p, (m, n)).astype(image.dtype)
     return np.where(terrain > 0, canvas / np.maximum(terrain, 1), image)
 
 
