@@ -68,9 +68,9 @@ DOSE = 1000.0          # e/Å² at the brightest column (mid of the REUCID paper
 PIXEL_SIZE = 0.2       # Å (jaxdn.simulate.noise.poisson_gaussian default)
 
 #: Largest image side each peer runs at (slow peers would dominate the run above these).
-PEER_MAX_SIZE = {"reucid-numpy": 1024, "nlm": 1024, "bm3d": 512, "tv": 2048, "wavelet": 4096,
+PEER_MAX_SIZE = {"reucid-numpy": 890, "nlm": 1024, "bm3d": 512, "tv": 2048, "wavelet": 4096,
                  "gaussian": 4096}
-QUICK_PEER_MAX_SIZE = {"bm3d": 0}
+QUICK_PEER_MAX_SIZE = {"bm3d": 0, "reucid-numpy": 256}
 
 #: The papers' runtimes, other hardware: context only, never a ratio.
 PAPER_ROWS = (
@@ -752,8 +752,12 @@ def train_throughput(quick, log=None, notes=None, cases=TRAIN_CASES):
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def run_suite(args, argv=None, log=print) -> dict:
-    """Run everything `args` asks for and return the result document (see the module docstring)."""
+def run_suite(args, argv=None, log=print, checkpoint=None) -> dict:
+    """Run everything `args` asks for and return the result document (see the module docstring).
+
+    ``checkpoint(doc)`` is called after every input group with the partial document.
+    """
+    checkpoint = checkpoint or (lambda d: None)
     import jax
     if args.compile_cache and args.compile_cache != "off":
         jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).expanduser()))
@@ -826,6 +830,8 @@ def run_suite(args, argv=None, log=print) -> dict:
             log(f"  {ref['name']} vs {r['name']}: jaxdn speed-up {pr['speedup']:.3g}× (per-round min–max "
                 f"{pr['min']:.3g}–{pr['max']:.3g})")
         cases += rows
+        doc["cases"], doc["ratios"] = cases, ratios
+        checkpoint(doc)
     doc["cases"] = cases
     doc["ratios"] = ratios
 
@@ -856,18 +862,21 @@ def run_suite(args, argv=None, log=print) -> dict:
                                    "psnr_peer_db": r.get("psnr_db", r.get("psnr_vs_ref_db"))})
                     log(f"  {ref['name']} vs {r['name']}: jaxdn speed-up {pr['speedup']:.3g}×")
                 doc.setdefault("network_cases", []).extend(rows)
+                checkpoint(doc)
 
     if "reucid" in methods and args.shape_probe:
         log("shape probe (new image sizes near 256²):")
         fn, has_w = methods["reucid"]
         kw = {} if has_w else {"n_keep": 8}
         doc["shape_probe"] = shape_probe(lambda a: fn(a, seed=0, **kw), _Sim(seed=2), log=log)
-    if args.train:
-        log("train-step throughput …")
-        doc["train"] = train_throughput(args.quick, log=log, notes=notes)
+        checkpoint(doc)
     if args.cli_latency:
         log("jaxdn denoise first-call latency in fresh processes …")
         doc["cli_latency"] = cli_latency(log=log)
+        checkpoint(doc)
+    if args.train:
+        log("train-step throughput …")
+        doc["train"] = train_throughput(args.quick, log=log, notes=notes)
     env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     doc["wall_s"] = time.perf_counter() - t_start
     return doc
@@ -925,6 +934,8 @@ def markdown(doc) -> str:
     load = env.get("loadavg_start")
     load_s = ", ".join(f"{v:.1f}" for v in load) if load else "n/a"
     load_e = env.get("loadavg_end")
+    if doc.get("partial"):
+        lines.append("- **Partial run** (stopped before the end; the sections present are complete)")
     lines.append(f"- Command: `{env['command']}`")
     lines.append(f"- Date: {env['date_utc']}; wall time {doc.get('wall_s', 0):.0f} s")
     lines.append(f"- Backend: {env['backend']} ({', '.join(env['devices'])}); {env['cpu_model']}; "
@@ -1160,10 +1171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--networks", nargs="*", choices=("unet", "stripes"), default=None,
                    help="network forward passes to time against PyTorch (default: unet stripes; none: empty)")
     p.add_argument("--network-max-size", type=int, default=None, metavar="N",
-                   help="largest image side for the network section (default 1024; quick 256)")
+                   help="largest image side for the network section (default 512; quick 128)")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     p.add_argument("--peak-size", type=int, metavar="N",
                    help="side of the square matmul for the peak (default 4096; quick 2048)")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="do not run: render the markdown/plot (and --append-results) from a saved --json document")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the final table")
     return p
 
@@ -1186,7 +1199,7 @@ def _resolve(args):
     if args.networks is None:
         args.networks = ["unet", "stripes"]
     if args.network_max_size is None:
-        args.network_max_size = 256 if args.quick else 1024
+        args.network_max_size = 128 if args.quick else 512
     bad = [x for x in args.peers if x not in ALL_PEERS]
     if bad:
         raise InputError(f"unknown peer(s) {', '.join(bad)}; choose from {', '.join(ALL_PEERS)}")
@@ -1201,17 +1214,25 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _resolve(build_parser().parse_args(argv))
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        doc = run_suite(args, argv, log=log)
+
+    def save(d):
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(d, indent=1, default=_json_default))
+
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            doc = run_suite(args, argv, log=log, checkpoint=lambda d: save(dict(d, partial=True)))
     md = markdown(doc)
     print(md)
     if args.plot:
         plot(doc, args.plot)
         doc["plot"] = str(args.plot)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=1, default=_json_default))
+    if not args.from_json:
+        save(doc)
     if args.append_results:
         append_results(doc, md, args.append_results, plot_path=args.plot)
     return 0

@@ -148,7 +148,7 @@ def test_smoke_reduced_quick_run(tmp_path, capsys):
     """A reduced `--quick`: one tiny size, one repeat, REUCID against its NumPy peer and one classical."""
     js, png, res = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "RESULTS.md"
     rc = bench.main(["--quick", "--sizes", "48", "--stack", "none", "--repeats", "1", "--methods", "reucid",
-                     "--peers", "reucid-numpy", "gaussian", "--peak-size", "128", "-q",
+                     "--peers", "reucid-numpy", "gaussian", "--networks", "--peak-size", "128", "-q",
                      "--json", str(js), "--plot", str(png), "--append-results", str(res)])
     assert rc == 0
     doc = json.loads(js.read_text())
