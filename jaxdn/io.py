@@ -36,7 +36,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from .validate import check_shape, is_color, select_channel, to_float32
 
 __all__ = [
     "Image", "LazyStack", "SUPPORTED_EXTENSIONS", "WRITABLE_EXTENSIONS",
-    "read", "read_sxm", "write", "write_frames", "open_lazy", "sha256_file",
+    "read", "read_sxm", "write", "write_frames", "open_lazy", "sha256_file", "atomic_output",
 ]
 
 
@@ -873,6 +873,23 @@ def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_output(path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, on error removed.
+
+    For files written by other libraries (figures, weights) with the same crash-safety as `write`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        _commit(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .weights_io import file_sha256
+from .io import sha256_file as file_sha256
 
 
 def provenance(*, method: str, input_path: Path | None, weights: Path | None, seed: int,

@@ -6,10 +6,8 @@ model abstractly with `nnx.eval_shape` (no `init` compute) and fills it from the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,14 +34,9 @@ def save_weights(path: str | os.PathLike, model, *, meta: dict[str, Any] | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = _flatten(nnx.state(model))
     flat[META_KEY] = np.asarray(json.dumps(meta or {}, default=str))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **flat)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .io import atomic_output
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
     return path
 
 
@@ -87,15 +80,6 @@ def load_weights(path: str | os.PathLike, build: Callable[[], Any]):
         leaves.append((key, var.replace(arr.astype(var.dtype))))
     state = nnx.from_flat_state(leaves)
     return nnx.merge(graphdef, state)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, streamed (for provenance of weights and inputs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped(name: str) -> Path:
