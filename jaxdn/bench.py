@@ -68,7 +68,7 @@ DOSE = 1000.0          # e/Å² at the brightest column (mid of the REUCID paper
 PIXEL_SIZE = 0.2       # Å (jaxdn.simulate.noise.poisson_gaussian default)
 
 #: Largest image side each peer runs at (slow peers would dominate the run above these).
-PEER_MAX_SIZE = {"reucid-numpy": 890, "nlm": 1024, "bm3d": 512, "tv": 2048, "wavelet": 4096,
+PEER_MAX_SIZE = {"reucid-numpy": 890, "nlm": 1024, "bm3d": 256, "tv": 2048, "wavelet": 4096,
                  "gaussian": 4096}
 QUICK_PEER_MAX_SIZE = {"bm3d": 0, "reucid-numpy": 256}
 
@@ -563,7 +563,7 @@ def _torch_contenders(method, x, notes):
     return [Contender(f"torch:{method}", "peer", method, fn, note="PyTorch CPU, same weights", dashed=True)]
 
 
-def _classical_contenders(size, names, cap, notes):
+def _classical_contenders(size, names, cap, notes, *, stack=False):
     mod, why = _import_peer("peers.classical")
     if mod is None:
         notes.append(f"classical peers unavailable: {why}")
@@ -577,6 +577,8 @@ def _classical_contenders(size, names, cap, notes):
             continue
         if size > cap.get(n, 10**9):
             continue
+        if stack and n == "bm3d":
+            continue  # seconds per frame: a stack would dominate the run
         out.append(Contender(n, "classical", "reucid", _per_frame(mod.DENOISERS[n][0]), dashed=True))
     return out
 
@@ -805,12 +807,15 @@ def run_suite(args, argv=None, log=print, checkpoint=None) -> dict:
             if m == "reucid":
                 peer_ok = "reucid-numpy" in peers and size <= cap["reucid-numpy"] and (frames == 1 or not args.quick)
                 contenders += _reucid_contenders(fn, has_w, noisy, peer_ok=peer_ok, notes=notes)
+            elif size > args.method_max_size:
+                notes.append(f"{m}: not timed above {args.method_max_size}² (--method-max-size)")
             else:
-                contenders.append(Contender(m, "jaxdn", m, (lambda f: (lambda a: f(a, seed=0)))(fn)))
+                contenders.append(Contender(m, "jaxdn", m, (lambda f: (lambda a: f(a, seed=0)))(fn),
+                                            note="shipped weights"))
                 if "torch" in peers and _has("torch"):
                     contenders += _torch_contenders(m, noisy, notes)
         if frames == 1 or not args.quick:
-            contenders += _classical_contenders(size, classical_names, cap, notes)
+            contenders += _classical_contenders(size, classical_names, cap, notes, stack=frames > 1)
         rows = run_interleaved(contenders, noisy, repeats=args.repeats, clean=clean, log=log)
         psnr_noisy = _psnr(noisy, clean)
         for r in rows:
@@ -1155,6 +1160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time a stack of T frames of N² (default 16x256; quick 4x256; none to skip)")
     p.add_argument("--repeats", type=int, help="timed repetitions per contender after the warm-up (default 5; quick 3)")
     p.add_argument("--peer-max-size", type=int, help="largest image side any peer runs at")
+    p.add_argument("--method-max-size", type=int, default=1024, metavar="N",
+                   help="largest image side for jaxdn methods other than REUCID (default 1024)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated inputs")
     p.add_argument("--json", metavar="FILE", help="write the full result document as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG: throughput vs image size")
