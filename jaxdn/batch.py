@@ -196,6 +196,7 @@ def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = ap
     part = output_path.with_name(f".{output_path.name}.part{pid}-of-{count}.npy")
     parts = [output_path.with_name(f".{output_path.name}.part{i}-of-{count}.npy") for i in range(count)]
     err, res = None, None
+    _stream.ACTIVE_TEMP_FILES.add(part)
     try:
         try:
             res = _stream.denoise_stack(input_path, part, method=method, weights=weights, seed=seed, overwrite=True,
@@ -226,6 +227,7 @@ def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = ap
             raise InputError(f"{input_path}: assembling the output failed on process 0")
     finally:
         part.unlink(missing_ok=True)
+        _stream.ACTIVE_TEMP_FILES.discard(part)
     rep = None
     if report and pid == 0:
         from .report import save_report

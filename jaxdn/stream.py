@@ -32,7 +32,10 @@ import contextlib
 import importlib
 import json
 import math
+import os
+import select
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,9 +182,27 @@ def is_complete(input_path: Path, output_path: Path, *, method: str | None = Non
     return bool(prov.get("input_sha256")) and prov["input_sha256"] == io.sha256_file(input_path)
 
 
+#: Temporary and part files that exist right now; removed by the interrupt watchdog before a forced exit.
+ACTIVE_TEMP_FILES: set[Path] = set()
+
+
+def _remove_active_temp_files() -> None:
+    for path in list(ACTIVE_TEMP_FILES):
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
-def interrupt_on_sigterm():
-    """Within the block, SIGTERM raises KeyboardInterrupt (so `finally` clauses remove temp files)."""
+def interrupt_on_sigterm(*, grace_s: float = 3.0):
+    """Within the block, SIGTERM raises KeyboardInterrupt (so `finally` clauses remove temp files).
+
+    Python runs signal handlers only between bytecodes, so while the main thread waits inside a
+    long XLA computation an interrupt would wait for it. A watchdog thread therefore listens on the
+    signal wakeup fd: if the process is still inside the block `grace_s` seconds after SIGINT or
+    SIGTERM, it removes every file in `ACTIVE_TEMP_FILES` and exits with status 130 at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -190,10 +211,46 @@ def interrupt_on_sigterm():
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main interpreter thread after all
+        previous_fd = None
+    stop = threading.Event()
+
+    def watchdog():
+        while not stop.is_set():
+            if not select.select([r], [], [], 0.2)[0]:
+                continue
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            if not set(data) & {int(signal.SIGINT), int(signal.SIGTERM)}:
+                continue
+            if stop.wait(grace_s):
+                return  # the main thread handled it and left the block
+            _remove_active_temp_files()
+            try:
+                sys.stderr.write("jaxdn: interrupted; no partial output was left behind\n")
+                sys.stderr.flush()
+            finally:
+                os._exit(130)
+
+    thread = threading.Thread(target=watchdog, name="jaxdn-interrupt-watchdog", daemon=True)
+    if previous_fd is not None:
+        thread.start()
     try:
         yield
     finally:
+        stop.set()
+        if previous_fd is not None:
+            signal.set_wakeup_fd(previous_fd)
+            thread.join(timeout=1.0)
         signal.signal(signal.SIGTERM, previous)
+        os.close(r)
+        os.close(w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +313,7 @@ def _write_output(output_path: Path, chunks: Iterator[np.ndarray], *, shape: tup
     sidecar = sidecar_path(output_path)
     tmp = io._temp_path(output_path)
     tmp_json = io._temp_path(sidecar)
+    ACTIVE_TEMP_FILES.update((tmp, tmp_json))
     try:
         if output_path.suffix.lower() == ".npy":
             _write_npy(tmp, chunks, shape)
@@ -281,6 +339,7 @@ def _write_output(output_path: Path, chunks: Iterator[np.ndarray], *, shape: tup
         for t in (tmp, tmp_json):
             if t.exists():
                 t.unlink()
+        ACTIVE_TEMP_FILES.difference_update((tmp, tmp_json))
 
 
 def _check_targets(output_path: Path, *, overwrite: bool, sidecar: bool = True) -> None:

@@ -189,6 +189,50 @@ def test_signal_leaves_no_partial_output(tmp_path, sig):
     assert list(out.iterdir()) == []
 
 
+_BLOCKING_METHOD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxdn import api, cli
+    import _fake_methods
+
+    @jax.jit
+    def busy(a):  # minutes of work inside one XLA call: Python signal handlers cannot run meanwhile
+        return jax.lax.fori_loop(0, 100000, lambda i, m: jnp.tanh(m @ m), a)
+
+    def blocking(data, **kw):
+        a = jnp.full((512, 512), 1e-3, jnp.float32)
+        return data + 0 * np.asarray(busy(a)).sum()
+
+    _fake_methods.blocking = blocking
+    api.METHODS["blocking"] = ("_fake_methods", "blocking", {{}})
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def test_sigterm_during_a_long_xla_call_exits_promptly_without_output(tmp_path):
+    write_stack(tmp_path / "in.tif", frames=4)
+    script = tmp_path / "run.py"
+    script.write_text(_BLOCKING_METHOD.format(tests=TESTS))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), "denoise", str(tmp_path / "in.tif"), "-o", str(out),
+                             "-m", "blocking", "--batch-frames", "1", "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and leftovers(out)):
+        time.sleep(0.05)
+    assert out.exists() and leftovers(out), "temporary output never appeared"
+    time.sleep(1.0)  # well inside the XLA call by now
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=45)  # the computation alone would take many minutes
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, err
+    assert "no partial output" in err
+    assert list(out.iterdir()) == []
+
+
 _RSS_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
