@@ -245,7 +245,7 @@ class _Weighted:
 
 def tiled_apply(fn: Callable, images, *, tile: int | None = 256, overlap: int = 32, batch_size: int = 8,
                 progress: bool = False, memory_budget: int | None = None,
-                bytes_per_pixel: float | None = None) -> np.ndarray:
+                bytes_per_pixel: float | None = None, jit: bool = True) -> np.ndarray:
     """Apply a tile-wise function to images of any size with overlapping, smoothly blended tiles.
 
     Args:
@@ -261,6 +261,8 @@ def tiled_apply(fn: Callable, images, *, tile: int | None = 256, overlap: int = 
       progress: show a progress bar over tile batches.
       memory_budget: bytes, for `tile=None` (default `default_memory_budget()`).
       bytes_per_pixel: working memory of `fn` per tile pixel, for `tile=None` (default 64).
+      jit: False for a host-side `fn` (NumPy in, array out; e.g. a whole method pipeline such as
+        REUCID applied to a batch of tiles as if they were frames): called as is, not sharded.
     Returns:
       float32 NumPy array with the shape of `images`.
     Raises:
@@ -280,7 +282,8 @@ def tiled_apply(fn: Callable, images, *, tile: int | None = 256, overlap: int = 
     t = min(bucket_floor(int(tile)), bucket_ceil(max(arr.shape[-2:]) + 2 * min(overlap, int(tile) // 2)))
     while True:
         try:
-            out = _tiled(fn, arr, t=t, overlap=min(overlap, t // 2), batch_size=batch_size, progress=progress)
+            out = _tiled(fn, arr, t=t, overlap=min(overlap, t // 2), batch_size=batch_size, progress=progress,
+                         jit=jit)
             break
         except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
             if not _is_oom(err) or t <= MIN_TILE:
@@ -292,7 +295,8 @@ def tiled_apply(fn: Callable, images, *, tile: int | None = 256, overlap: int = 
     return out[0] if squeeze else out
 
 
-def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progress: bool) -> np.ndarray:
+def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progress: bool,
+           jit: bool = True) -> np.ndarray:
     from tqdm import tqdm
 
     n_img, h, w = arr.shape
@@ -307,11 +311,22 @@ def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progre
     inv_y = (1.0 / norm_y).astype(np.float32)[:, None]   # separable normalisation: no (H, W) temporary
     inv_x = (1.0 / norm_x).astype(np.float32)[None, :]
 
-    mesh = _local_mesh()
-    from .sharding import mesh_size
-    n_dev = mesh_size(mesh)
-    nb = -(-batch_size // n_dev) * n_dev
-    weighted = _Weighted.get(fn, t, o)
+    if jit:
+        from .sharding import mesh_size
+        mesh = _local_mesh()
+        n_dev = mesh_size(mesh)
+        nb = -(-batch_size // n_dev) * n_dev
+        weighted = _Weighted.get(fn, t, o)
+        run = lambda batch: np.asarray(sharded_map(weighted, batch, mesh=mesh))  # noqa: E731
+    else:
+        nb = batch_size
+        w2 = np.outer(w1, w1).astype(np.float32)
+
+        def run(batch):
+            y = np.asarray(fn(batch), np.float32)
+            if y.shape != batch.shape:
+                raise InputError(f"tiled_apply: fn must map tiles {batch.shape} to the same shape, got {y.shape}")
+            return y * w2
 
     out = np.empty(arr.shape, np.float32)
     acc = np.zeros((hp, wp), np.float32)
@@ -361,14 +376,14 @@ def _tiled(fn, arr: np.ndarray, *, t: int, overlap: int, batch_size: int, progre
         while count >= nb:
             cat = np.concatenate(buf)
             batch, rest = cat[:nb], cat[nb:]
-            consume(np.asarray(sharded_map(weighted, batch, mesh=mesh)))
+            consume(run(batch))
             bar.update(1)
             buf, count = ([rest] if len(rest) else []), len(rest)
     if count:
         cat = np.concatenate(buf)
         batch = np.zeros((nb, t, t), np.float32)
         batch[:count] = cat
-        consume(np.asarray(sharded_map(weighted, batch, mesh=mesh))[:count])
+        consume(run(batch)[:count])
         bar.update(1)
     bar.close()
     return out

@@ -176,6 +176,21 @@ def test_other_errors_are_not_swallowed_and_bad_shapes_refused():
         tiling.tiled_apply(lambda a: a[:, 1:, 1:], np.zeros((1, 40, 40), np.float32), tile=64)
 
 
+def test_host_side_fn_without_jit():
+    calls = []
+
+    def host(batch):
+        assert isinstance(batch, np.ndarray) and batch.shape == (3, 64, 64)
+        calls.append(1)
+        return ndimage.uniform_filter(batch, size=(1, 3, 3), mode="nearest")
+
+    x = np.random.default_rng(4).random((130, 150)).astype(np.float32)
+    y = tiling.tiled_apply(host, x, tile=64, overlap=8, batch_size=3, jit=False)
+    ref = ndimage.uniform_filter(x, size=3, mode="reflect")
+    np.testing.assert_allclose(y[1:-1, 1:-1], ref[1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+    assert len(calls) > 1
+
+
 def test_sharded_map_pads_and_crops():
     x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
     y = tiling.sharded_map(lambda a: a * 3.0, x)
