@@ -10,8 +10,8 @@ Variants:
            bottleneck, 16 residual blocks), batch 6, 128² crops, RMSProp 5e-5 (momentum 0.9),
            critic 5× per batch, α = 5, β = 1, λ = 10, 2000 steps (≈ 100 epochs of 120 frames).
            No background removal, no inversion guard (the paper's behaviour).
-  small  — the shipped default (`jaxdn/weights/noise2atom.npz`): widths 16/16/16/32, 48-ch
-           bottleneck, 4 residual blocks, 64² crops, im2col convolutions; inversion guard and
+  small  — the shipped default (`jaxdn/weights/noise2atom.npz`): widths 16/16/16/32, 32-ch
+           bottleneck, 2 residual blocks, 64² crops, im2col convolutions; inversion guard and
            quadratic background removal on. Trained on simulated noisy STEM frames (HAADF lattices,
            Poisson dose with 1.5–8 expected electrons at the brightest pixel + Gaussian detector
            noise + a slow background gradient) with HAADF-lattice clean images as the clean domain:
@@ -95,10 +95,10 @@ def get_config(variant: str = "default") -> Config:
     paper = Config()
     small = dataclasses.replace(
         paper,
-        model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=48, n_res=4,
+        model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
                                   critic_widths=(16, 32, 32, 64), impl="im2col"),
-        crop=64, steps=1500, clean_domain="lattice", background_order=2, guard=True,
-        log_every=10, eval_every=50, checkpoint_every=50)
+        crop=64, steps=400, clean_domain="lattice", background_order=2, guard=True,
+        log_every=5, eval_every=25, checkpoint_every=10)
     variants = {
         "default": paper,
         "paper": paper,

@@ -469,7 +469,9 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
     def export(state):
         export_weights(weights, config, state, extra_meta={"data": source, "frames": int(movie.shape[0])})
 
-    result = fit(init_state=init_state, train_step=step, make_batch=make_batch, steps=config.steps,
+    # A ready state (NumPy-backed init, seconds) rather than the callable: `fit` would jit the
+    # callable, and tracing falls back to jax.random initialisers (minutes of compile here).
+    result = fit(init_state=init_state(), train_step=step, make_batch=make_batch, steps=config.steps,
                  workdir=workdir, config=config, seed=config.seed, eval_fn=eval_fn,
                  eval_every=config.eval_every, log_every=config.log_every,
                  checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
@@ -583,3 +585,35 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
     if not quiet:
         print(json.dumps(result, indent=2))
     return result
+
+
+# ---- export from a (possibly unfinished) run ------------------------------------------------------------
+
+def export_from_workdir(workdir, out, *, config_file: str = "configs/noise2atom.py", extra_meta: dict | None = None) -> Path:
+    """Write the weights of the latest checkpoint in `workdir` to `out` (a run cut short still ships).
+
+    The config is rebuilt from ``workdir/config.json`` with the dataclasses of `config_file`.
+    """
+    import jax
+    from .checkpoint import Checkpointer
+    from .config import from_dict, import_config_module
+    workdir = Path(workdir)
+    module = import_config_module(config_file)
+    config = from_dict(module.Config, json.loads((workdir / "config.json").read_text()))
+    ckpt = Checkpointer(workdir / "checkpoints")
+    step = ckpt.latest_step()
+    if step is None:
+        raise InputError(f"no checkpoint in {workdir}")
+    _, init_state, _ = graphdefs_and_init(config)
+    abstract = jax.eval_shape(init_state)
+    state, _ = ckpt.restore(step, abstract)
+    ckpt.close()
+    return export_weights(out, config, state, extra_meta={"step": step, **(extra_meta or {})})
+
+
+if __name__ == "__main__":  # python -m jaxdn.train.noise2atom export WORKDIR OUT.npz
+    if len(sys.argv) == 4 and sys.argv[1] == "export":
+        print(export_from_workdir(sys.argv[2], sys.argv[3]))
+    else:
+        print("usage: python -m jaxdn.train.noise2atom export WORKDIR OUT.npz", file=sys.stderr)
+        sys.exit(2)
