@@ -59,8 +59,9 @@ def test_gaussian_salt_pepper():
 def test_background_gaussian_eqs_4_5():
     x = jax.random.uniform(jax.random.key(4), (16, 64, 64))
     w1 = 0.2
-    out, val = noise.background_gaussian(KEY, x, c=0.0, w1=w1, w2=0.0, patch=8,
-                                         return_background=True)
+    bbg = jax.jit(functools.partial(noise.background_gaussian, w1=w1, patch=8,
+                                    return_background=True))
+    out, val = bbg(KEY, x, c=0.0, w2=0.0)
     x, out, val = map(np.asarray, (x, out, val))
     assert out.shape == x.shape and out.dtype == np.float32
     tiles = val[:, ::8, ::8]  # one value per 8×8 tile: 16·64 = 1024 tiles
@@ -76,7 +77,7 @@ def test_background_gaussian_eqs_4_5():
     assert np.all(out[~low] <= x[~low] + 1e-6)
     assert np.all(out[~low] >= x[~low] - 0.3 * val[~low] - 1e-6)
     # With Gaussian noise on top the result stays in [0, 1].
-    noisy = np.asarray(noise.background_gaussian(KEY, x, c=0.3))
+    noisy = np.asarray(bbg(KEY, x, c=0.3, w2=0.02)[0])
     assert noisy.min() >= 0.0 and noisy.max() <= 1.0
 
 
@@ -99,16 +100,15 @@ def test_poisson_counts_mean_variance():
     dose, px = 1000.0, 0.2
     lam = dose * px * px * 0.5  # 20 electrons
     clean = jnp.full((256, 256), 0.5)
-    counts = np.asarray(noise.poisson_gaussian(KEY, clean, dose=dose, pixel_size=px,
-                                               detector_sigma=0.0))
+    pg = jax.jit(functools.partial(noise.poisson_gaussian, dose=dose, pixel_size=px))
+    counts = np.asarray(pg(KEY, clean, detector_sigma=0.0))
     assert counts.dtype == np.float32
     np.testing.assert_array_equal(counts, np.round(counts))
     assert counts.mean() == pytest.approx(lam, rel=0.01)
     assert counts.var() == pytest.approx(lam, rel=0.05)
     # Detector noise: σ = detector_sigma · max λ per image (max λ = 40 from the 1.0 pixels).
     clean2 = clean.at[0, 0].set(1.0)
-    c2 = np.asarray(noise.poisson_gaussian(KEY, clean2, dose=dose, pixel_size=px,
-                                           detector_sigma=0.1))
+    c2 = np.asarray(pg(KEY, clean2, detector_sigma=0.1))
     assert c2[1:].mean() == pytest.approx(lam, rel=0.01)
     assert c2[1:].var() == pytest.approx(lam + (0.1 * 40.0) ** 2, rel=0.05)
 
@@ -134,18 +134,19 @@ NOISES = {
 
 
 @pytest.mark.parametrize("name", sorted(NOISES))
-def test_noise_determinism_jit_vmap(name):
+def test_noise_determinism_jit_vmap_eager(name):
     fn = NOISES[name]
     x = jax.random.uniform(jax.random.key(7), (32, 32))
-    a = fn(jax.random.key(1), x)
-    np.testing.assert_array_equal(a, fn(jax.random.key(1), x))
-    assert not np.array_equal(a, fn(jax.random.key(2), x))
-    np.testing.assert_allclose(jax.jit(fn)(jax.random.key(1), x), a, rtol=1e-6, atol=1e-6)
-    keys = _keys(3)
-    batched = jax.vmap(fn, in_axes=(0, None))(keys, x)
-    for i in range(3):
-        np.testing.assert_allclose(batched[i], fn(keys[i], x), rtol=1e-6, atol=1e-6)
-    assert a.dtype == jnp.float32 and a.shape == x.shape
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    keys = jnp.stack([k1, k1, k2])
+    batched = np.asarray(jax.jit(jax.vmap(fn, in_axes=(0, None)))(keys, x))  # jit + vmap
+    assert batched.dtype == np.float32 and batched.shape == (3,) + x.shape
+    np.testing.assert_array_equal(batched[0], batched[1])  # same key → identical
+    assert not np.array_equal(batched[0], batched[2])  # different key → different
+    # vmap over keys == a loop of single calls (eager where cheap, else jitted).
+    single = fn if name in ("gaussian", "salt_pepper", "gsp", "stripes") else jax.jit(fn)
+    for i in (0, 2):
+        np.testing.assert_allclose(batched[i], single(keys[i], x), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +189,6 @@ def test_haadf_determinism_jit_vmap():
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a[0], c[0])
-    eager = atoms.haadf_lattice(jax.random.key(5), size=64, max_atoms=512)
-    np.testing.assert_allclose(eager[0], a[0], atol=1e-5)
-    np.testing.assert_array_equal(eager[2], a[2])
     keys = _keys(2)
     imgs, poss, valids = jax.vmap(HAADF)(keys)
     assert imgs.shape == (2, 64, 64) and poss.shape == (2, 512, 2)
@@ -230,8 +228,8 @@ def test_noise2atom_clean():
 
 def test_noise2atom_single_site_matches_kernel():
     # One position, known count: the image is the (normalised) 33×33 Gaussian around it.
-    img = np.asarray(atoms.noise2atom_clean(KEY, size=256, n_positions=(1, 1),
-                                            variance=(4.0, 4.0)))
+    f = jax.jit(functools.partial(atoms.noise2atom_clean, size=256, n_positions=(1, 1)))
+    img = np.asarray(f(KEY, variance=(4.0, 4.0)))
     r0, c0 = np.unravel_index(np.argmax(img), img.shape)
     rr, cc = np.mgrid[:256, :256]
     expect = np.exp(-((rr - r0) ** 2 + (cc - c0) ** 2) / 8.0)
@@ -269,10 +267,9 @@ def test_graphene_image_and_combined():
     inner = np.all((found > 8) & (found < 87), axis=1).sum()
     expected = 2 * (79 * 0.125) ** 2 / (graphene.LATTICE**2 * math.sin(math.pi / 3))
     assert inner == pytest.approx(expected, rel=0.25)
-    g = jax.jit(functools.partial(graphene.graphene_combined, tiles=3, size=96))
+    g = jax.jit(functools.partial(graphene.graphene_combined, tiles=3, size=48))
     m = np.asarray(g(KEY))
-    assert m.shape == (96, 96) and m.min() == 0.0 and m.max() == pytest.approx(1.0)
-    np.testing.assert_allclose(jax.vmap(g)(_keys(2))[1], g(_keys(2)[1]), atol=1e-5)
+    assert m.shape == (48, 48) and m.min() == 0.0 and m.max() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="tiles"):
         graphene.graphene_combined(KEY, tiles=0, size=32)
 
@@ -300,8 +297,9 @@ def test_stm_topography():
     np.testing.assert_allclose(imgs[2], f(_keys(4)[2]), atol=1e-5)
     assert not np.array_equal(imgs[0], imgs[1])
     # A flat hexagonal terrace without defects: atoms on a lattice → strong periodic peaks in |FFT|.
-    h = np.asarray(stm.stm_topography(KEY, size=64, kind="hex", max_steps=0, max_adatoms=0,
-                                      vacancies=(0.0, 0.0)))
+    flat = jax.jit(functools.partial(stm.stm_topography, size=64, kind="hex", max_steps=0,
+                                     max_adatoms=0, vacancies=(0.0, 0.0)))
+    h = np.asarray(flat(KEY))
     spec = np.abs(np.fft.fft2(h - h.mean()))
     spec[0, 0] = 0
     top = np.sort(spec.ravel())[::-1]

@@ -35,3 +35,28 @@ def normalise01(x, *, eps=1e-8):
     lo = jnp.min(x, axis=(-2, -1), keepdims=True)
     hi = jnp.max(x, axis=(-2, -1), keepdims=True)
     return ((x - lo) / jnp.maximum(hi - lo, eps)).astype(jnp.float32)
+
+
+# Random draws: one ``jax.random.uniform`` call per function and slicing it keeps compile times
+# low (each separate threefry call adds ~0.1 s of XLA compile on CPU).
+
+
+def urange(u, lo, hi):
+    """Map uniform [0, 1) draws to [lo, hi)."""
+    return lo + (hi - lo) * u
+
+
+def uint(u, lo, hi):
+    """Map uniform [0, 1) draws to integers uniform in [lo, hi] (inclusive), int32."""
+    return jnp.clip(lo + jnp.floor(u * (hi - lo + 1)), lo, hi).astype(jnp.int32)
+
+
+def compact(mask, size):
+    """Indices of the first ``size`` True entries of a 1-D mask, in order, and their validity.
+
+    A stable argsort (cheaper to compile than ``jnp.nonzero(size=...)``). Returns
+    (idx (size,) int32, keep (size,) bool); entries past the number of True values are padding.
+    """
+    idx = jnp.argsort(~mask, stable=True)[:size]
+    keep = jnp.arange(size) < jnp.sum(mask)
+    return idx, keep

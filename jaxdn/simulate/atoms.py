@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._render import normalise01, render_gaussians
+from ._render import normalise01, compact, render_gaussians, uint, urange
 
 __all__ = ["noise2atom_clean", "haadf_lattice", "drift_movie"]
 
@@ -48,12 +48,12 @@ def noise2atom_clean(key, *, size=128, canvas=256, n_positions=(75, 150), max_at
     if size > canvas:
         raise ValueError(f"size={size} must not exceed canvas={canvas}")
     lo, hi = n_positions
-    k_n, k_pos, k_cnt, k_var = jax.random.split(key, 4)
-    n = jax.random.randint(k_n, (), lo, hi + 1)
-    pos = jax.random.randint(k_pos, (hi, 2), 0, canvas).astype(jnp.float32)
-    counts = jax.random.randint(k_cnt, (hi,), 1, max_atoms_per_site + 1).astype(jnp.float32)
+    u = jax.random.uniform(key, (2 + 3 * hi,))
+    n = uint(u[0], lo, hi)
+    var = urange(u[1], variance[0], variance[1])
+    pos = uint(u[2 : 2 + 2 * hi], 0, canvas - 1).reshape(hi, 2).astype(jnp.float32)
+    counts = uint(u[2 + 2 * hi :], 1, max_atoms_per_site).astype(jnp.float32)
     weights = jnp.where(jnp.arange(hi) < n, counts, 0.0)
-    var = jax.random.uniform(k_var, (), minval=variance[0], maxval=variance[1])
     # Shift into crop coordinates.
     off = (canvas - size) // 2
     pos = pos - off
@@ -78,21 +78,22 @@ _SIN_GAMMA_MIN = math.sin(_GAMMA[0])
 
 def _lattice(key, *, spacing, max_basis=2):
     """Random Bravais lattice + basis. Returns (a1, a2 (2,), basis (B, 2) px, basis_on (B,), basis_int (B,))."""
-    k = jax.random.split(key, 8)
-    a = jax.random.uniform(k[0], (), minval=spacing[0], maxval=spacing[1])
-    ratio = jax.random.uniform(k[1], (), minval=_RATIO[0], maxval=_RATIO[1])
-    theta = jax.random.uniform(k[2], (), minval=0.0, maxval=math.pi)
-    gamma = jax.random.uniform(k[3], (), minval=_GAMMA[0], maxval=_GAMMA[1])
+    nb = max_basis - 1
+    u = jax.random.uniform(key, (4 + 3 * nb + max_basis,))
+    a = urange(u[0], *spacing)
+    ratio = urange(u[1], *_RATIO)
+    theta = urange(u[2], 0.0, math.pi)
+    gamma = urange(u[3], *_GAMMA)
     a1 = a * jnp.stack([jnp.cos(theta), jnp.sin(theta)])
     a2 = a * ratio * jnp.stack([jnp.cos(theta + gamma), jnp.sin(theta + gamma)])
     # Basis: site 0 at the origin; extra sites near the cell centre (fractional 0.4–0.6 along each
     # vector), each present with probability 1/2.
-    frac = jax.random.uniform(k[4], (max_basis - 1, 2), minval=0.4, maxval=0.6)
+    frac = urange(u[4 : 4 + 2 * nb].reshape(nb, 2), 0.4, 0.6)
     extra = frac[:, 0:1] * a1 + frac[:, 1:2] * a2
     basis = jnp.concatenate([jnp.zeros((1, 2)), extra], axis=0)
-    on = jnp.concatenate([jnp.ones((1,), bool), jax.random.bernoulli(k[5], 0.5, (max_basis - 1,))])
+    on = jnp.concatenate([jnp.ones((1,), bool), u[4 + 2 * nb : 4 + 3 * nb] < 0.5])
     # Z-contrast: each sublattice has its own column intensity in [0.5, 1].
-    inten = jax.random.uniform(k[6], (max_basis,), minval=0.5, maxval=1.0)
+    inten = urange(u[4 + 3 * nb :], 0.5, 1.0)
     return a1, a2, basis, on, inten
 
 
@@ -120,14 +121,15 @@ def _sites(key, *, size, spacing, extent, max_atoms, margin):
     around the centre (``extent`` for drift). Returns positions (max_atoms, 2), keep (max_atoms,),
     intensity (max_atoms,).
     """
-    k_lat, k_off, k_jit = jax.random.split(key, 3)
+    k_lat, k_u = jax.random.split(key)
+    uu = jax.random.uniform(k_u, (max_atoms + 2,))
     a1, a2, basis, on, inten = _lattice(k_lat, spacing=spacing)
     half = size / 2.0 + extent + margin
     n = _n_cells(half * math.sqrt(2.0), spacing[0])
     idx = jnp.arange(-n, n + 1, dtype=jnp.float32)
     ii, jj = jnp.meshgrid(idx, idx, indexing="ij")
     # Random lattice origin: uniform within one unit cell (the lattice is periodic).
-    u = jax.random.uniform(k_off, (2,))
+    u = uu[:2]
     cells = (ii.reshape(-1, 1) + u[0]) * a1 + (jj.reshape(-1, 1) + u[1]) * a2  # (M, 2)
     centre = jnp.array([(size - 1) / 2.0, (size - 1) / 2.0])
     pts = cells[:, None, :] + basis[None, :, :] + centre  # (M, B, 2)
@@ -137,11 +139,10 @@ def _sites(key, *, size, spacing, extent, max_atoms, margin):
     ok = ok.reshape(-1)
     ints = ints.reshape(-1)
     inside = jnp.all(jnp.abs(pts - centre) <= half, axis=-1) & ok
-    (sel,) = jnp.nonzero(inside, size=max_atoms, fill_value=0)
-    keep = jnp.arange(max_atoms) < jnp.sum(inside)
+    sel, keep = compact(inside, max_atoms)
     pos = jnp.where(keep[:, None], pts[sel], -1.0e4)
     # Small per-column intensity jitter (thickness / occupancy variation), ±5 %.
-    jitter = jax.random.uniform(k_jit, (max_atoms,), minval=0.95, maxval=1.05)
+    jitter = urange(uu[2:], 0.95, 1.05)
     amp = jnp.where(keep, ints[sel] * jitter, 0.0)
     d_nn = _nearest_distance(a1, a2, basis, on)
     return pos.astype(jnp.float32), keep, amp.astype(jnp.float32), d_nn
@@ -181,20 +182,21 @@ def haadf_lattice(key, *, size=256, spacing=(7.0, 14.0), sigma=(1.0, 2.5), max_a
         ``[-0.5, size - 0.5)²``. Other entries are padding (-1e4) or columns just outside the frame
         that still contribute to the image edge.
     """
-    k_sites, k_sig, k_bg = jax.random.split(key, 3)
+    k_sites, k_u = jax.random.split(key)
+    u = jax.random.uniform(k_u, (2,))
     margin = 4.0 * sigma[1]
     pos, _, amp, d_nn = _sites(k_sites, size=size, spacing=spacing, extent=0.0,
                                max_atoms=max_atoms, margin=margin)
-    sig = _probe_sigma(k_sig, sigma, d_nn)
+    sig = _probe_sigma(u[0], sigma, d_nn)
     img = render_gaussians(pos, amp, sig, (size, size))
     valid = _in_frame(pos, size)
-    bg = jax.random.uniform(k_bg, (), minval=background[0], maxval=background[1])
+    bg = urange(u[1], *background)
     return _finish(img, bg), pos, valid
 
 
-def _probe_sigma(key, sigma, d_nn):
-    """σ uniform in ``sigma``, capped at d_nn / 2.5 so neighbouring columns stay resolved."""
-    sig = jax.random.uniform(key, (), minval=sigma[0], maxval=sigma[1])
+def _probe_sigma(u, sigma, d_nn):
+    """σ uniform in ``sigma`` (from a uniform draw u), capped at d_nn / 2.5 (columns resolved)."""
+    sig = urange(u, *sigma)
     return jnp.minimum(sig, d_nn / 2.5)
 
 
@@ -223,15 +225,16 @@ def drift_movie(key, *, frames, size=128, drift_px=(1.0, 2.0), spacing=(7.0, 14.
         ``positions[t][valid]`` is in frame ``t`` for all t; columns entering or leaving the field of
         view are rendered but not marked valid).
     """
-    k_sites, k_sig, k_bg, k_dir, k_speed = jax.random.split(key, 5)
-    phi = jax.random.uniform(k_dir, (), minval=0.0, maxval=2 * math.pi)
-    speed = jax.random.uniform(k_speed, (), minval=drift_px[0], maxval=drift_px[1])
+    k_sites, k_u = jax.random.split(key)
+    u = jax.random.uniform(k_u, (4,))
+    phi = urange(u[0], 0.0, 2 * math.pi)
+    speed = urange(u[1], *drift_px)
     v = speed * jnp.stack([jnp.cos(phi), jnp.sin(phi)])
     extent = (frames - 1) * float(drift_px[1])
     margin = 4.0 * sigma[1]
     pos0, _, amp, d_nn = _sites(k_sites, size=size, spacing=spacing, extent=extent,
                                 max_atoms=max_atoms, margin=margin)
-    sig = _probe_sigma(k_sig, sigma, d_nn)
+    sig = _probe_sigma(u[2], sigma, d_nn)
     # Start the crystal half the total drift behind so it stays centred over the movie.
     t = jnp.arange(frames, dtype=jnp.float32)
     shifts = (t - (frames - 1) / 2.0)[:, None] * v[None, :]  # (T, 2)
@@ -239,5 +242,5 @@ def drift_movie(key, *, frames, size=128, drift_px=(1.0, 2.0), spacing=(7.0, 14.
     movie = jax.vmap(lambda p: render_gaussians(p, amp, sig, (size, size)))(pos)
     in_frame = jax.vmap(lambda p: _in_frame(p, size))(pos)  # (T, K)
     valid = jnp.all(in_frame, axis=0)
-    bg = jax.random.uniform(k_bg, (), minval=background[0], maxval=background[1])
+    bg = urange(u[3], *background)
     return _finish(movie, bg), pos.astype(jnp.float32), valid

@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._render import normalise01, render_gaussians
+from ._render import compact, normalise01, render_gaussians
 
 __all__ = ["displacement_coefficient", "graphene", "graphene_combined", "shift_wrap",
            "shifted_copies", "BOND", "MAX_SHIFT"]
@@ -73,8 +73,7 @@ def _atoms(key, *, size, pixel_size, origin, phase, margin_px):
     local = pos_px - origin
     inside = jnp.all((local >= -margin_px) & (local <= size - 1 + margin_px), axis=-1)
     cap = _capacity(size, pixel_size, margin_px)
-    (sel,) = jnp.nonzero(inside, size=cap, fill_value=0)
-    keep = jnp.arange(cap) < jnp.sum(inside)
+    sel, keep = compact(inside, cap)
     return local[sel], keep, mean_bond[sel]
 
 

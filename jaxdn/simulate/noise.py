@@ -128,13 +128,14 @@ def background_gaussian(key, x, *, c, w1=0.2, w2=0.02, patch=64, smooth=(0.3, 0.
     h, w = x.shape[-2:]
     th, tw = -(-h // patch), -(-w // patch)
     lead = x.shape[:-2]
-    ka, kb, kv, kg = jax.random.split(key, 4)
-    ua = jax.random.uniform(ka, lead + (th, tw))
+    ku, kv, kg = jax.random.split(key, 3)
+    uab = jax.random.uniform(ku, lead + (2, th, tw))
+    ua, ubu = uab[..., 0, :, :], uab[..., 1, :, :]
     dark = ua < _BB_DARK
     bright = ua >= _BB_BRIGHT
     lo = jnp.where(dark, 0.4, jnp.where(bright, 0.8, 0.6)) * w1
     hi = jnp.where(dark, 0.6, jnp.where(bright, 1.2, 0.9)) * w1
-    ub = lo + (hi - lo) * jax.random.uniform(kb, ua.shape)
+    ub = lo + (hi - lo) * ubu
     val = ub + w2 * jax.random.normal(kv, ua.shape)
     s = jnp.where(dark, smooth[0], jnp.where(bright, smooth[2], smooth[1]))
     # Expand tile values to pixels.
@@ -179,9 +180,10 @@ def stripes(key, x, *, row_fraction=0.1, max_width=3, num_stripes=None, return_m
     h = x.shape[-2]
     lead = x.shape[:-2]
     n = _n_stripes(h, row_fraction, max_width) if num_stripes is None else int(num_stripes)
-    ks, kw, kv = jax.random.split(key, 3)
-    start = jax.random.randint(ks, lead + (n,), 0, h)
-    width = jax.random.randint(kw, lead + (n,), 1, max_width + 1)
+    ks, kv = jax.random.split(key)
+    us = jax.random.uniform(ks, lead + (2, n))
+    start = jnp.clip(jnp.floor(us[..., 0, :] * h), 0, h - 1).astype(jnp.int32)
+    width = jnp.clip(1 + jnp.floor(us[..., 1, :] * max_width), 1, max_width).astype(jnp.int32)
     rows = jnp.arange(h)
     d = jnp.mod(rows[..., None, :] - start[..., :, None], h)  # (..., n, H) offset into stripe
     mask = jnp.any(d < width[..., :, None], axis=-2) if n > 0 else jnp.zeros(lead + (h,), bool)
@@ -236,11 +238,11 @@ def background_gradient(key, x, *, strength, blob_sigma=(0.25, 0.6)):
     x = _f32(x)
     h, w = x.shape[-2:]
     lead = x.shape[:-2]
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    phi = jax.random.uniform(k1, lead, minval=0.0, maxval=2 * math.pi)[..., None, None]
-    centre = jax.random.uniform(k2, lead + (2,))
-    sig = jax.random.uniform(k3, lead, minval=blob_sigma[0], maxval=blob_sigma[1])[..., None, None]
-    wt = jax.random.uniform(k4, lead)[..., None, None]
+    u = jax.random.uniform(key, lead + (5,))
+    phi = (2 * math.pi * u[..., 0])[..., None, None]
+    centre = u[..., 1:3]
+    sig = (blob_sigma[0] + (blob_sigma[1] - blob_sigma[0]) * u[..., 3])[..., None, None]
+    wt = u[..., 4][..., None, None]
     r = jnp.linspace(0.0, 1.0, h)[:, None]
     cc = jnp.linspace(0.0, 1.0, w)[None, :]
     ramp = jnp.cos(phi) * r + jnp.sin(phi) * cc
