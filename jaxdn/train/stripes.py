@@ -82,13 +82,18 @@ def train(config, *, workdir: Path, quiet: bool = False, clean_dir: str | None =
 
     val_noisy, val_clean = jax.jit(lambda k: stripes_batch(k, **kw))(jax.random.key(4321))
 
+    # The held-out batch is an argument, not a closed-over constant (XLA would constant-fold the
+    # forward pass over it at compile time).
     @jax.jit
-    def eval_fn(state, key):
+    def _eval(state, noisy, clean):
         model = merge_model(graphdef, state)
         model.eval()
-        pred = model(val_noisy)
-        return {"psnr": 10 * jnp.log10(1.0 / jnp.mean((pred - val_clean) ** 2)),
-                "psnr_noisy": 10 * jnp.log10(1.0 / jnp.mean((val_noisy - val_clean) ** 2))}
+        pred = model(noisy)
+        return {"psnr": 10 * jnp.log10(1.0 / jnp.mean((pred - clean) ** 2)),
+                "psnr_noisy": 10 * jnp.log10(1.0 / jnp.mean((noisy - clean) ** 2))}
+
+    def eval_fn(state, key):
+        return _eval(state, val_noisy, val_clean)
 
     weights = workdir / "stripes.npz"
     command = "jaxdn train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 and sys.argv[1] == "train" else None
