@@ -247,9 +247,10 @@ def build_dataset(config, *, progress=None) -> dict[str, np.ndarray]:
     for size, p in groups:
         idx = [i for i in range(n) if layout[i][1] == size and psize[i] == p]
         labels = _patches.stack_labels(jax.random.fold_in(k_lab, size * 1000 + p), (size, size), p, d)
-        for start in range(0, len(idx), bsz):
-            chunk = idx[start:start + bsz]
-            pad = chunk + [chunk[-1]] * (bsz - len(chunk))  # static batch shape: one compile per group
+        gb = min(bsz, len(idx))  # one static batch shape (one compile) per group
+        for start in range(0, len(idx), gb):
+            chunk = idx[start:start + gb]
+            pad = chunk + [chunk[-1]] * (gb - len(chunk))
             ps, iefs, pv, ev = _curves_batch(jnp.stack([clean[i] for i in pad]),
                                              jnp.stack([noisy[i] for i in pad]), labels, p, d, rank)
             ps, iefs, pv, ev = (np.asarray(a) for a in (ps, iefs, pv, ev))

@@ -77,18 +77,13 @@ def n_stacks_for_budget(shape, patch_size, *, memory_budget_bytes=None, bytes_pe
 @functools.partial(jax.jit, static_argnames=("shape", "patch_size", "n_stacks"))
 def _labels(key, shape, patch_size, n_stacks):
     hv, wv = valid_shape(shape, patch_size)
-    n = hv * wv
-    perm = jax.random.permutation(key, n)
-    lab = jnp.zeros(n, jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32) % n_stacks)
-    return lab.reshape(hv, wv)
+    if n_stacks == 1:
+        return jnp.zeros((hv, wv), jnp.int32)
+    return jax.random.randint(key, (hv, wv), 0, n_stacks, dtype=jnp.int32)
 
 
 def stack_labels(key, shape, patch_size, n_stacks):
-    """Random stack label of every patch top-left pixel.
-
-    Labels are a random permutation of ``0, 1, …, d−1, 0, 1, …`` so every stack holds
-    ⌊N/d⌋ or ⌈N/d⌉ patches (a balanced random assignment: same distribution per pixel as the
-    paper's independent draws, without empty or oversized stacks).
+    """Random stack label of every patch top-left pixel (independent uniform draws, as the paper).
 
     Args:
       key: PRNG key.
@@ -97,7 +92,7 @@ def stack_labels(key, shape, patch_size, n_stacks):
       n_stacks: d.
 
     Returns:
-      (H − p + 1, W − p + 1) int32 labels in [0, d).
+      (H − p + 1, W − p + 1) int32 labels in [0, d) (all zero when d = 1).
     """
     return _labels(key, tuple(int(s) for s in shape[-2:]), int(patch_size), int(n_stacks))
 

@@ -120,6 +120,11 @@ def _delta_index(p):
     return dr, dc
 
 
+def _fft_shape(shape, p):
+    """FFT size shared by the Gram autocorrelation (needs ≥ H + p − 1) and the reconstruction."""
+    return _fast_len(shape[0] + p - 1), _fast_len(shape[1] + p - 1)
+
+
 def _dft_real(n, m, p):
     """cos/sin matrices (n_freq, p) of the length-n DFT restricted to p taps starting at 0, for m freqs."""
     k = np.arange(m)[:, None]
@@ -149,58 +154,106 @@ def _dft_kernel(v, shape):
 # Gram matrices (fast path)
 # ---------------------------------------------------------------------------------------------
 
-def _gram_single(x, p):
-    """G = Σ over ALL patches p_i p_iᵀ (p² × p²) in O(p² (H + W) p + FFT), no patch matrix.
+def _excl_cumsum(v, axis):
+    """Σ_{k < a} v[k] along a short `axis`, for a = 0..n (length n + 1); a triangular matmul."""
+    n = v.shape[axis]
+    tri = jnp.asarray(np.tril(np.ones((n + 1, n), np.float32), -1))  # tri[a, k] = k < a
+    return jnp.moveaxis(jnp.tensordot(tri, jnp.moveaxis(v, axis, 0), axes=1, precision=_HI), 0, axis)
 
-    G[(a,b),(a,b)+δ] = Σ_{u ∈ [a, a+Hv) × [b, b+Wv)} x[u] x[u+δ]: the full-image autocorrelation
-    A[δ] (by FFT) minus the sums over the border bands outside the window (inclusion–exclusion).
+
+def _excl_rcumsum(v, axis):
+    """Σ_{k ≥ a} v[k] along a short `axis`, for a = 0..n (length n + 1); a triangular matmul."""
+    n = v.shape[axis]
+    tri = jnp.asarray(np.triu(np.ones((n + 1, n), np.float32)))  # tri[a, k] = k ≥ a
+    return jnp.moveaxis(jnp.tensordot(tri, jnp.moveaxis(v, axis, 0), axes=1, precision=_HI), 0, axis)
+
+
+def _acf_lags(spec, L, shape):
+    """A[δ + L] = Σ_u x[u] x[u + δ] for |δ| ≤ L from rfft2(x) (zero-padded to `shape` ≥ H + L).
+
+    Only (2L + 1)² lags are needed, so the inverse transform is two small real DFT matmul chains
+    instead of a full irfft2.
+    """
+    hf, wf = shape
+    wc = wf // 2 + 1
+    power = spec.real**2 + spec.imag**2                                    # (hf, wc)
+    cnt = np.full(wc, 2.0)
+    cnt[0] = 1.0
+    if wf % 2 == 0:
+        cnt[-1] = 1.0
+    d = np.arange(-L, L + 1)
+    ar = 2 * np.pi * np.outer(d, np.arange(hf)) / hf
+    ac = 2 * np.pi * np.outer(d, np.arange(wc)) / wf
+    cr, sr = jnp.asarray(np.cos(ar), jnp.float32), jnp.asarray(np.sin(ar), jnp.float32)
+    cc = jnp.asarray(np.cos(ac) * cnt / (hf * wf), jnp.float32)
+    sc = jnp.asarray(np.sin(ac) * cnt / (hf * wf), jnp.float32)
+    pc = jnp.matmul(power, cc.T, precision=_HI)                            # (hf, n2)
+    ps = jnp.matmul(power, sc.T, precision=_HI)
+    return jnp.matmul(cr, pc, precision=_HI) - jnp.matmul(sr, ps, precision=_HI)
+
+
+def _band_rowsums(xb, slab, n2):
+    """rs[δr', δc', r] = Σ_c xb[r, c] · slab[r + δr', c + δc'] for a band of rows.
+
+    xb: (L, W) rows of x; slab: (3L, W + 2L) the matching rows of the L-padded image.
+    Row cross-correlations at n2 column lags as n2 small matmuls. Returns (n2, n2, L).
+    """
+    nb, w = xb.shape
+    cols = np.arange(n2)[:, None] + np.arange(w)[None, :]
+    shifted = slab[:, cols]                                            # (3L, n2c, W) gather
+    corr = jnp.einsum("rc,jkc->krj", xb, shifted, precision=_HI)      # (n2c, L, 3L)
+    jr = np.arange(nb)[None, :] + np.arange(n2)[:, None]               # (n2r, L): r + δr'
+    return corr[:, np.arange(nb)[None, :], jr].transpose(1, 0, 2)      # (n2r, n2c, L)
+
+
+def _corner_products(xb, slab, n2):
+    """P[δr', δc', r, c] = xb[r, c] · slab[r + δr', c + δc'] for an (L, L) corner block."""
+    nb = xb.shape[0]
+    i = np.arange(n2)[:, None, None, None] + np.arange(nb)[None, None, :, None]
+    j = np.arange(n2)[None, :, None, None] + np.arange(nb)[None, None, None, :]
+    return xb[None, None] * slab[i, j]
+
+
+def _gram_single(x, p, spec=None):
+    """G = Σ over ALL patches p_i p_iᵀ (p² × p²) without the patch matrix.
+
+    G[(a,b),(a,b)+δ] = Σ_{u ∈ [a, a+Hv) × [b, b+Wv)} x[u] x[u+δ]: the full linear
+    autocorrelation A[δ] (one FFT pair) minus the sums over the border bands of width p − 1 outside
+    the window (inclusion–exclusion; row/column cross-correlations as small matmuls).
+    Cost O(H W log(H W) + p³ (H + W)).
+
+    Args:
+      x: (H, W) float32.
+      p: patch size.
+      spec: optional rfft2(x, s=_gram_fft_shape(x.shape, p)) to reuse.
     """
     h, w = x.shape
     L = p - 1
     hv, wv = h - L, w - L
     n2 = 2 * L + 1
-    # Full linear autocorrelation A[δ] = Σ_u x[u] x[u + δ], |δ| ≤ L.
-    hf, wf = _fast_len(h + L), _fast_len(w + L)
-    spec = jnp.fft.rfft2(x, s=(hf, wf))
-    ac = jnp.fft.irfft2(spec.real**2 + spec.imag**2, s=(hf, wf))
-    ir = jnp.arange(-L, L + 1) % hf
-    ic = jnp.arange(-L, L + 1) % wf
-    A = ac[ir][:, ic]  # (n2, n2)
+    hf, wf = _fft_shape(x.shape, p)
+    if spec is None:
+        spec = jnp.fft.rfft2(x, s=(hf, wf))
+    A = _acf_lags(spec, L, (hf, wf))  # (n2, n2): A[δ + L]
     if L == 0:
         return A.reshape(1, 1)
     xp = jnp.pad(x, L)
-    dr = jnp.arange(n2)
-    # Shifted copies on the bands: S[δr', δc', r, c] = x[r + δr, c + δc] (zero outside).
-    def band(r0, nr, c0, nc):
-        rows = (r0 + dr[:, None] + jnp.arange(nr)[None, :])           # (n2, nr) rows of xp
-        cols = (c0 + dr[:, None] + jnp.arange(nc)[None, :])           # (n2, nc) cols of xp
-        shifted = xp[rows[:, None, :, None], cols[None, :, None, :]]  # (n2, n2, nr, nc)
-        return x[r0:r0 + nr, c0:c0 + nc][None, None] * shifted
-    top = band(0, L, 0, w)          # rows [0, L)
-    bot = band(hv, L, 0, w)         # rows [Hv, H)
-    lef = band(0, h, 0, L)          # cols [0, L)
-    rig = band(0, h, wv, L)         # cols [Wv, W)
-
-    def excl_cumsum(v, axis):  # Σ_{k < a}, a = 0..L  (length L + 1 = p)
-        c = jnp.cumsum(v, axis=axis)
-        pad = [(0, 0)] * v.ndim
-        pad[axis] = (1, 0)
-        return jnp.pad(c, pad)
-
-    def excl_rcumsum(v, axis):  # Σ_{k ≥ a}, a = 0..L
-        c = jnp.flip(jnp.cumsum(jnp.flip(v, axis), axis=axis), axis)
-        pad = [(0, 0)] * v.ndim
-        pad[axis] = (0, 1)
-        return jnp.pad(c, pad)
-
-    r_top = excl_cumsum(top.sum(-1), -1)   # (n2, n2, p) rows < a
-    r_bot = excl_rcumsum(bot.sum(-1), -1)  # rows ≥ a + Hv
-    c_lef = excl_cumsum(lef.sum(-2), -1)   # cols < b
-    c_rig = excl_rcumsum(rig.sum(-2), -1)  # cols ≥ b + Wv
-    tl = excl_cumsum(excl_cumsum(top[..., :L], -2), -1)          # (n2, n2, p, p)
-    tr = excl_cumsum(excl_rcumsum(top[..., wv:], -1), -2)
-    bl = excl_rcumsum(excl_cumsum(bot[..., :L], -1), -2)
-    br = excl_rcumsum(excl_rcumsum(bot[..., wv:], -1), -2)
+    # Row bands (top/bottom) and column bands (left/right, via transposes), each pair batched.
+    rs_top = _band_rowsums(x[:L], xp[:3 * L], n2)                     # (n2, n2, L)
+    rs_bot = _band_rowsums(x[hv:], xp[hv:], n2)
+    cs_lef = _band_rowsums(x[:, :L].T, xp[:, :3 * L].T, n2).transpose(1, 0, 2)
+    cs_rig = _band_rowsums(x[:, wv:].T, xp[:, wv:].T, n2).transpose(1, 0, 2)
+    blocks = jnp.stack([x[:L, :L], x[:L, wv:], x[hv:, :L], x[hv:, wv:]])
+    slabs = jnp.stack([xp[:3 * L, :3 * L], xp[:3 * L, wv:], xp[hv:, :3 * L], xp[hv:, wv:]])
+    tl, tr, bl, br = jax.vmap(lambda xb, sl: _corner_products(xb, sl, n2))(blocks, slabs)  # (n2, n2, L, L)
+    r_top = _excl_cumsum(rs_top, -1)          # rows < a              (n2, n2, p)
+    r_bot = _excl_rcumsum(rs_bot, -1)         # rows ≥ a + Hv
+    c_lef = _excl_cumsum(cs_lef, -1)          # cols < b
+    c_rig = _excl_rcumsum(cs_rig, -1)         # cols ≥ b + Wv
+    tl = _excl_cumsum(_excl_cumsum(tl, -2), -1)
+    tr = _excl_cumsum(_excl_rcumsum(tr, -1), -2)
+    bl = _excl_rcumsum(_excl_cumsum(bl, -1), -2)
+    br = _excl_rcumsum(_excl_rcumsum(br, -1), -2)
     win = (A[..., None, None] - r_top[..., :, None] - r_bot[..., :, None]
            - c_lef[..., None, :] - c_rig[..., None, :] + tl + tr + bl + br)  # (n2, n2, p, p)
     idr, idc = _delta_index(p)
@@ -276,11 +329,21 @@ def _gather_patches(x, flat_pos, p, wv):
     return x.reshape(-1)[top[:, None] + offs[None, :]]
 
 
+def _decompose_fast_impl(x, labels, p, d, rank):
+    """(eigenpatches, singular values, rfft2 of x or None) — the spectrum is reused by reconstruct."""
+    if d == 1:
+        spec = jnp.fft.rfft2(x, s=_fft_shape(x.shape, p))
+        g = _gram_single(x, p, spec)[None]
+    else:
+        spec = None
+        g = _gram_stacks(x, labels, p, d)
+    v, s = _eig_from_gram(g, rank)
+    return v.reshape(d, rank, p, p), s, spec
+
+
 @functools.partial(jax.jit, static_argnames=("p", "d", "rank"))
 def _decompose_fast(x, labels, p, d, rank):
-    g = gram_matrices(x, labels, patch_size=p, n_stacks=d)
-    v, s = _eig_from_gram(g, rank)
-    return v.reshape(d, rank, p, p), s
+    return _decompose_fast_impl(x, labels, p, d, rank)[:2]
 
 
 @functools.partial(jax.jit, static_argnames=("p", "d", "rank", "n_max", "svd", "oversample", "power_iters"))
@@ -354,48 +417,105 @@ def _weights(n_keep, d, rank, max_stacks):
     return (keep & processed[:, None]).astype(jnp.float32)
 
 
-def _projector_kernel(v, wk, p):
-    """K[δ] = Σ_t P[t, t+δ] with P = Vᵀ diag(w) V: the (2p−1)² kernel of project+reconstruct."""
-    vf = v.reshape(v.shape[0], p * p)
-    proj = jnp.matmul(vf.T * wk, vf, precision=_HI)
-    idr, idc = _delta_index(p)
-    n2 = 2 * p - 1
-    return jnp.zeros((n2 * n2,), jnp.float32).at[(idr * n2 + idc).reshape(-1)].add(proj.reshape(-1)).reshape(n2, n2)
+def _border_kernels(proj, p):
+    """Correlation kernels of project-and-reconstruct for every border situation.
 
+    A pixel v receives Σ_{t ∈ T_v} Σ_u P[t, u] x[v − t + u] where T_v (patch offsets t whose
+    top-left v − t is a patch position) is a rectangle set by the pixel's distance to the edges:
+    rows [0, k] in the top p − 1 rows, [k'+1, p) in the bottom ones, all p rows inside (same for
+    columns). K_T[δ] = Σ_{t ∈ T} P[t, t + δ] via a summed-area table over t.
 
-def _dense_canvas(x, v, wk, p):
-    """Canvas of an image whose every patch is processed with eigenpatches v (R, p, p), weights wk."""
-    pat = _patches.extract(x, p)  # (n, p²)
-    vf = v.reshape(v.shape[0], p * p)
-    coef = jnp.matmul(pat, vf.T, precision=_HI) * wk
-    return _patches.fold(jnp.matmul(coef, vf, precision=_HI), x.shape, p)
-
-
-def _canvas_single(x, v, wk, p):
-    """Canvas of the one-stack case: FFT correlation with the projector kernel + exact borders."""
-    h, w = x.shape
+    Args:
+      proj: (p², p²) projector Vᵀ diag(w) V.
+    Returns:
+      (n2, n2, n2, n2) kernels [row type, col type, δr + L, δc + L]; type k < L: k-th border
+      row/col from the top/left, L: interior, L + 1 + k': k'-th row/col of the bottom/right band.
+    """
     L = p - 1
-    kern = _projector_kernel(v, wk, p)  # K[δ + L]
-    hf, wf = _fast_len(h), _fast_len(w)
-    spec = jnp.fft.rfft2(x, s=(hf, wf))
-    # FFT of K placed at δ mod (hf, wf), via a small DFT (taps δ = −L..L shifted by L).
-    kf = _dft_kernel(kern, (hf, wf))  # rfft2 of K placed at [0, 2L] → phase shift by −L
+    n2 = 2 * L + 1
+    t = np.arange(p)
+    dl = np.arange(n2) - L
+    ur = t[:, None, None, None] + dl[None, None, :, None]        # (p, 1, n2, 1)
+    uc = t[None, :, None, None] + dl[None, None, None, :]        # (1, p, 1, n2)
+    ok = (ur >= 0) & (ur < p) & (uc >= 0) & (uc < p)
+    src = (t[:, None, None, None] * p + t[None, :, None, None]) * (p * p) + np.clip(ur, 0, L) * p + np.clip(uc, 0, L)
+    q = jnp.where(jnp.asarray(ok), proj.reshape(-1)[jnp.asarray(src)], 0.0)  # (p, p, n2, n2)
+    sat = _excl_cumsum(_excl_cumsum(q, 0), 1)                    # (p+1, p+1, n2, n2)
+    lo = np.array([0] * L + [0] + [k + 1 for k in range(L)])
+    hi = np.array([k + 1 for k in range(L)] + [p] + [p] * L)
+    return (sat[hi[:, None], hi[None, :]] - sat[lo[:, None], hi[None, :]]
+            - sat[hi[:, None], lo[None, :]] + sat[lo[:, None], lo[None, :]])
+
+
+def _rows_corr(slab, kern, w):
+    """out[k, c] = Σ_{δr', δc'} kern[k, δr', δc'] slab[k + δr', c + δc'] for k < L.
+
+    slab: (3L, w + 2L) rows of the L-padded image; kern: (L, n2, n2). Returns (L, w).
+    One (L × 3L·n2) · (3L·n2 × w) matmul against the column-shifted copies of the slab.
+    """
+    nb, n2 = kern.shape[:2]
+    nj = slab.shape[0]
+    shifted = slab[:, np.arange(n2)[:, None] + np.arange(w)[None, :]]          # (3L, n2c, w)
+    dr = np.arange(nj)[None, :] - np.arange(nb)[:, None]                        # (L, 3L): j − k
+    band = jnp.where(jnp.asarray((dr >= 0) & (dr < n2))[..., None],
+                     kern[np.arange(nb)[:, None], np.clip(dr, 0, n2 - 1)], 0.0)  # (L, 3L, n2c)
+    return jnp.matmul(band.reshape(nb, -1), shifted.reshape(-1, w), precision=_HI)
+
+
+def _corner_corr(block, kern):
+    """out[i, j] = Σ_δ kern[i, j, δr', δc'] block[i + δr', j + δc'] for an (L, L) corner."""
+    nb, _, n2, _ = kern.shape
+    i = np.arange(nb)[:, None, None, None] + np.arange(n2)[None, None, :, None]
+    j = np.arange(nb)[None, :, None, None] + np.arange(n2)[None, None, None, :]
+    return jnp.sum(kern * block[i, j], axis=(-2, -1))
+
+
+def _kernel_spectrum(kern, shape):
+    """rfft2 of a (2L+1)² correlation kernel indexed by δ + L, placed at δ mod shape."""
+    hf, wf = shape
+    L = (kern.shape[-1] - 1) // 2
+    kf = _dft_kernel(kern, (hf, wf))
     ph_r = np.exp(2j * np.pi * L * np.arange(hf) / hf)
     ph_c = np.exp(2j * np.pi * L * np.arange(wf // 2 + 1) / wf)
-    kf = kf * jnp.asarray((ph_r[:, None] * ph_c[None, :]).astype(np.complex64))
-    out = jnp.fft.irfft2(spec * jnp.conj(kf), s=(hf, wf))[:h, :w]
+    return kf * jnp.asarray((ph_r[:, None] * ph_c[None, :]).astype(np.complex64))
+
+
+def _canvas_single(x, v, wk, p, spec=None):
+    """Canvas of the one-stack case (every patch processed), exactly, without patches.
+
+    Project + reconstruct with the kept eigenpatches is Σ_δ K_T[δ] x[v + δ] (`_border_kernels`):
+    one kernel inside (applied by FFT), 2(p − 1) row/column kernels on the border bands and
+    (p − 1)² per corner pixel (applied directly). Cost: 2 FFTs + O(p³ (H + W)).
+
+    Args:
+      x: (H, W); v: (R, p, p) eigenpatches; wk: (R,) component weights (1 = kept).
+      spec: optional rfft2(x, s=_fft_shape(x.shape, p)).
+    """
+    h, w = x.shape
+    L = p - 1
+    vf = v.reshape(v.shape[0], p * p)
+    proj = jnp.matmul(vf.T * wk, vf, precision=_HI)
+    # The barrier materialises the small kernels; otherwise XLA fuses their computation into the
+    # border correlations and recomputes it for every pixel.
+    kern = jax.lax.optimization_barrier(_border_kernels(proj, p))  # (n2, n2, n2, n2)
+    fs = _fft_shape(x.shape, p)
+    if spec is None:
+        spec = jnp.fft.rfft2(x, s=fs)
+    out = jnp.fft.irfft2(spec * jnp.conj(_kernel_spectrum(kern[L, L], fs)), s=fs)[:h, :w]
     if L == 0:
         return out
-    # Exact border strips of width L from their own patches (top-lefts within L − 1 of the edge).
-    s2 = 2 * L
-    if h <= 2 * s2 or w <= 2 * s2:
-        return _dense_canvas(x, v, wk, p)
-    top = _dense_canvas(x[:s2], v, wk, p)[:L]
-    bot = _dense_canvas(x[h - s2:], v, wk, p)[s2 - L:]
-    lef = _dense_canvas(x[:, :s2], v, wk, p)[:, :L]
-    rig = _dense_canvas(x[:, w - s2:], v, wk, p)[:, s2 - L:]
-    out = out.at[:L].set(top).at[h - L:].set(bot)
-    return out.at[:, :L].set(lef).at[:, w - L:].set(rig)
+    hv, wv = h - L, w - L
+    xp = jnp.pad(x, L)
+    top = _rows_corr(xp[:3 * L], kern[:L, L], w)
+    bot = _rows_corr(xp[hv:], kern[L + 1:, L], w)
+    lef = _rows_corr(xp[:, :3 * L].T, jnp.swapaxes(kern[L, :L], -1, -2), h)
+    rig = _rows_corr(xp[:, wv:].T, jnp.swapaxes(kern[L, L + 1:], -1, -2), h)
+    out = out.at[:L].set(top).at[hv:].set(bot).at[:, :L].set(lef.T).at[:, wv:].set(rig.T)
+    corners = jax.vmap(_corner_corr)(
+        jnp.stack([xp[:3 * L, :3 * L], xp[:3 * L, wv:], xp[hv:, :3 * L], xp[hv:, wv:]]),
+        jnp.stack([kern[:L, :L], kern[:L, L + 1:], kern[L + 1:, :L], kern[L + 1:, L + 1:]]))
+    out = out.at[:L, :L].set(corners[0]).at[:L, wv:].set(corners[1])
+    return out.at[hv:, :L].set(corners[2]).at[hv:, wv:].set(corners[3])
 
 
 def _canvas_stacks(x, v, wts, labels, p):
@@ -441,17 +561,31 @@ def _canvas_faithful(x, v, wts, labels, p):
     return _patches.fold(rows, (h, w), p)
 
 
-@functools.partial(jax.jit, static_argnames=("p", "path"))
-def _reconstruct(x, v, labels, wts, max_stacks, p, path):
+def _terrain(processed, p, shape, all_or_none):
+    """Patch terrain; when every label is the same (one stack) it is separable: rows × cols counts."""
+    if not all_or_none:
+        return patch_terrain(processed, p, shape)
+    h, w = shape
+    u = np.arange(h)
+    v = np.arange(w)
+    cr = np.minimum(u, h - p) - np.maximum(u - p + 1, 0) + 1
+    cc = np.minimum(v, w - p) - np.maximum(v - p + 1, 0) + 1
+    return jnp.asarray(np.outer(cr, cc).astype(np.float32)) * processed[0, 0].astype(jnp.float32)
+
+
+def _reconstruct_impl(x, v, labels, wts, max_stacks, p, path, spec=None):
     d = v.shape[0]
     if path == "faithful":
         canvas = _canvas_faithful(x, v, wts, labels, p)
     elif d == 1:
-        canvas = _canvas_single(x, v[0], wts[0], p)
+        canvas = _canvas_single(x, v[0], wts[0], p, spec)
     else:
         canvas = _canvas_stacks(x, v, wts, labels, p)
-    terrain = patch_terrain(labels < max_stacks, p, x.shape)
+    terrain = _terrain(labels < max_stacks, p, x.shape, d == 1)
     return jnp.where(terrain > 0, canvas / jnp.maximum(terrain, 1.0), x)
+
+
+_reconstruct = jax.jit(_reconstruct_impl, static_argnames=("p", "path"))
 
 
 def reconstruct(image, dec, n_keep, *, max_stacks=None, path="fast"):
@@ -490,7 +624,7 @@ def _each_rank(x, v, labels, sel, p, max_rank, path):
 
     canv = jax.lax.map(one, jnp.arange(max_rank))
     canv = jnp.cumsum(canv, axis=0)
-    terrain = patch_terrain(processed, p, x.shape)
+    terrain = _terrain(processed, p, x.shape, d == 1)
     return jnp.where(terrain > 0, canv / jnp.maximum(terrain, 1.0), x)
 
 
@@ -623,20 +757,20 @@ def _check_patch_size(p, h, w):
 
 @functools.partial(jax.jit, static_argnames=("p", "d", "rank", "size"))
 def _frames_decompose(frames, labels, p, d, rank, size):
-    v, s = jax.vmap(lambda f: _decompose_fast(f, labels, p, d, rank))(frames)
+    v, s, spec = jax.vmap(lambda f: _decompose_fast_impl(f, labels, p, d, rank))(frames)
     pv, ev = _classifier_inputs(v, s, size)
-    return v, s, pv, ev
+    return v, s, pv, ev, spec
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
-def _frames_reconstruct(frames, v, labels, n_keep, max_stacks, p):
+def _frames_reconstruct(frames, v, labels, n_keep, max_stacks, spec, p):
     d, rank = v.shape[1:3]
 
-    def one(f, vf, nk):
+    def one(f, vf, nk, sp):
         wts = _weights(nk, d, rank, max_stacks)
-        return _reconstruct(f, vf, labels, wts, max_stacks, p, "fast")
+        return _reconstruct_impl(f, vf, labels, wts, max_stacks, p, "fast", sp)
 
-    return jax.vmap(one)(frames, v, n_keep)
+    return jax.vmap(one)(frames, v, n_keep, spec)
 
 
 def denoise(image, *, classifier: Callable | None = None, n_keep=None, patch_size=None, memory_budget=None,
@@ -696,7 +830,7 @@ def denoise(image, *, classifier: Callable | None = None, n_keep=None, patch_siz
     labels = _patches.stack_labels(key, (h, w), p, d)
     fr = jnp.asarray(frames)
     if path == "fast":
-        v, s, pv, ev = _frames_decompose(fr, labels, p, d, rank, CLASSIFIER_SIZE)
+        v, s, pv, ev, spec = _frames_decompose(fr, labels, p, d, rank, CLASSIFIER_SIZE)
     else:
         decs = [decompose(f, patch_size=p, labels=labels, n_stacks=d, rank=rank, path="faithful",
                           key=jax.random.fold_in(key, 1)) for f in fr]
@@ -717,7 +851,7 @@ def denoise(image, *, classifier: Callable | None = None, n_keep=None, patch_siz
             nk = keep_count(probs)
     nk = jnp.clip(nk, 1, rank)
     if path == "fast":
-        out = _frames_reconstruct(fr, v, labels, nk, jnp.asarray(ms, jnp.int32), p)
+        out = _frames_reconstruct(fr, v, labels, nk, jnp.asarray(ms, jnp.int32), spec, p)
     else:
         out = jnp.stack([reconstruct(f, Decomposition(v[i], s[i], labels), nk[i], max_stacks=ms, path="faithful")
                          for i, f in enumerate(fr)])
