@@ -57,6 +57,14 @@ def test_streamed_equals_in_memory_byte_for_byte(tmp_path, suffix):
     assert not leftovers(tmp_path)
 
 
+def test_streamed_stack_report(tmp_path):
+    write_stack(tmp_path / "in.tif", frames=5, h=40, w=48)
+    res = batch.denoise_file(tmp_path / "in.tif", tmp_path / "o" / "in_denoised.tif", method="smooth",
+                             batch_frames=2, report=True)
+    assert res.streamed and res.report == tmp_path / "o" / "in_denoised_report.png"
+    assert res.report.stat().st_size > 1000
+
+
 def test_chunks_padded_to_one_shape(tmp_path, monkeypatch):
     write_stack(tmp_path / "in.npy", frames=7)
     np.save(tmp_path / "in.npy", np.random.default_rng(0).random((7, 24, 20)).astype(np.float32))
