@@ -5,9 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
