@@ -222,6 +222,7 @@ def test_noise2atom_clean():
     assert np.all(imgs.min(axis=(1, 2)) == 0.0) and np.allclose(imgs.max(axis=(1, 2)), 1.0)
     assert not np.array_equal(imgs[0], imgs[1])
     np.testing.assert_allclose(imgs[0], f(_keys(3)[0]), atol=1e-6)
+    np.testing.assert_allclose(atoms.noise2atom_clean(_keys(3)[1]), imgs[1], atol=1e-5)  # eager
     with pytest.raises(ValueError, match="canvas"):
         atoms.noise2atom_clean(KEY, size=300)
 

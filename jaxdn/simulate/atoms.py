@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._render import normalise01, compact, render_gaussians, uint, urange
+from ._render import normalise01, render_gaussians, uint, urange
 
 __all__ = ["noise2atom_clean", "haadf_lattice", "drift_movie"]
 
@@ -138,8 +138,11 @@ def _sites(key, *, size, spacing, extent, max_atoms, margin):
     pts = pts.reshape(-1, 2)
     ok = ok.reshape(-1)
     ints = ints.reshape(-1)
-    inside = jnp.all(jnp.abs(pts - centre) <= half, axis=-1) & ok
-    sel, keep = compact(inside, max_atoms)
+    cheb = jnp.max(jnp.abs(pts - centre), axis=-1)
+    inside = (cheb <= half) & ok
+    # Nearest to the centre first, so if capacity runs out the outermost (margin) sites go first.
+    sel = jnp.argsort(jnp.where(inside, cheb, jnp.inf))[:max_atoms]
+    keep = jnp.arange(max_atoms) < jnp.sum(inside)
     pos = jnp.where(keep[:, None], pts[sel], -1.0e4)
     # Small per-column intensity jitter (thickness / occupancy variation), ±5 %.
     jitter = urange(uu[2:], 0.95, 1.05)
@@ -171,8 +174,9 @@ def haadf_lattice(key, *, size=256, spacing=(7.0, 14.0), sigma=(1.0, 2.5), max_a
       size: image side in px (static).
       spacing: (min, max) length of the first lattice vector in px (static).
       sigma: (min, max) probe standard deviation in px.
-      max_atoms: static capacity of the position arrays. Sites beyond it are dropped (from the
-        image too); the default covers 256² at the densest default lattice.
+      max_atoms: static capacity of the position arrays. If more sites exist, those farthest from
+        the centre are dropped (from the image too); the default covers every in-frame column of
+        256² at the densest default lattice.
       background: (min, max) constant background level.
 
     Returns:
