@@ -3,7 +3,8 @@
 The width of the PSF is read from the radially averaged autocorrelation function (ACF) of the
 mean-subtracted image (circular ACF by FFT, as in the paper):
 
-* the **first minimum** of the radial profile is the displacement at which the blobs of two
+* the **first minimum** of the radial profile (one the profile rises from again by at least 5 %
+  of its value at r = 1, so that noise wiggles in a flat tail do not count) is the displacement at which the blobs of two
   shifted copies stop overlapping, i.e. roughly one PSF diameter: ``width = r_min`` (refined to
   sub-pixel by a parabola through the three bins around the minimum);
 * if the profile has no minimum within the search radius (aperiodic image), the **first
@@ -26,6 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["acf_radial", "estimate_patch_size", "patch_size_from_profile", "acf_width"]
+
+
+#: Minimum rise after an ACF minimum, relative to the profile at r = 1 (see `acf_width`).
+MIN_PROMINENCE = 0.05
 
 
 def _max_lag(shape, max_size):
@@ -92,8 +97,11 @@ def acf_width(profile):
     n = p.size
     if n < 4 or not np.all(np.isfinite(p)) or np.allclose(p, 0):
         return float("nan"), "none"
+    # A minimum counts only if the profile rises again by `MIN_PROMINENCE` × p[1] afterwards
+    # (a real next-neighbour peak), so flat noisy tails of aperiodic images are not minima.
+    rise = MIN_PROMINENCE * abs(p[1])
     for r in range(1, n - 1):
-        if p[r] < p[r - 1] and p[r] <= p[r + 1]:
+        if p[r] < p[r - 1] and p[r] <= p[r + 1] and p[r:].max() - p[r] >= rise:
             den = p[r - 1] - 2 * p[r] + p[r + 1]
             off = 0.5 * (p[r - 1] - p[r + 1]) / den if den > 0 else 0.0
             return float(r + np.clip(off, -0.5, 0.5)), "minimum"
