@@ -16,9 +16,9 @@ Variants:
            Poisson dose with 1.5–8 expected electrons at the brightest pixel + Gaussian detector
            noise + a slow background gradient) with HAADF-lattice clean images as the clean domain:
 
-             nice -n 5 jaxdn train noise2atom --config configs/noise2atom.py:small \
-                 --workdir runs/n2a_small
-             (then) python -m jaxdn.train.noise2atom export runs/n2a_small jaxdn/weights/noise2atom.npz
+             JAX_COMPILATION_CACHE_DIR=/tmp/n2a_jaxcache nice -n 5 \
+                 jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_small
+             (a run cut short) python -m jaxdn.train.noise2atom export runs/n2a_small jaxdn/weights/noise2atom.npz
 
            Record of the shipped run: see `SHIPPED_RUN` below.
   fast   — `small` with bfloat16 convolution inputs (parameters and accumulation float32).
@@ -31,8 +31,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-# Filled in after the shipped run (command, wall time, final losses).
-SHIPPED_RUN = "not yet trained"
+# Record of the shipped run (command, wall time, final losses).
+SHIPPED_RUN = (
+    "NOT TRAINED. Session of 2026-11-22 on the shared 2-core CPU (load ≈ 20): the command above was "
+    "started at 01:52 UTC; XLA had not finished compiling the fused train step (critic ×5 with "
+    "gradient penalty + both generators, im2col convs) after more than 45 minutes, so no weights "
+    "were produced and none are shipped (`jaxdn denoise --method noise2atom` needs --weights).")
 
 
 @dataclass(frozen=True)
