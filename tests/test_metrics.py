@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage, signal
+from scipy import signal
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from jaxdn import metrics

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ._render import compact, normalise01, render_gaussians
 
 __all__ = ["displacement_coefficient", "graphene", "graphene_combined", "shift_wrap",
-           "shifted_copies", "BOND", "MAX_SHIFT"]
+           "shifted_copies", "BOND", "LATTICE", "MAX_SHIFT"]
 
 BOND = 1.42  # C–C bond length, Å
 LATTICE = BOND * math.sqrt(3.0)  # 2.46 Å
