@@ -138,6 +138,11 @@ def _sites(key, *, size, spacing, extent, max_atoms, margin):
     pts = pts.reshape(-1, 2)
     ok = ok.reshape(-1)
     ints = ints.reshape(-1)
+    if pts.shape[0] < max_atoms:  # fewer candidate sites than slots: pad with disabled far-away sites
+        pad = max_atoms - pts.shape[0]
+        pts = jnp.concatenate([pts, jnp.full((pad, 2), -1.0e4, pts.dtype)])
+        ok = jnp.concatenate([ok, jnp.zeros((pad,), bool)])
+        ints = jnp.concatenate([ints, jnp.zeros((pad,), ints.dtype)])
     cheb = jnp.max(jnp.abs(pts - centre), axis=-1)
     inside = (cheb <= half) & ok
     # Nearest to the centre first, so if capacity runs out the outermost (margin) sites go first.
