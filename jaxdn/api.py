@@ -69,6 +69,28 @@ def method_function(method: str):
     return fn
 
 
+def _options_for(fn, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Keep the options `fn` names explicitly; refuse the others with a clear message.
+
+    `memory_budget` is a global setting: a method that does not use one ignores it (with a warning).
+    """
+    import inspect
+    import warnings
+    target = fn.func if hasattr(fn, "func") else fn
+    named = {n for n, p in inspect.signature(target).parameters.items()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    out = {}
+    for key, value in options.items():
+        if key in named:
+            out[key] = value
+        elif key == "memory_budget":
+            warnings.warn(f"method {method!r} does not use a memory budget; ignoring it", stacklevel=3)
+        else:
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"option {key!r} ({flag}) does not apply to method {method!r}")
+    return out
+
+
 def available_methods() -> list[str]:
     """Names of the methods that are implemented in this installation."""
     out = []
@@ -104,6 +126,7 @@ def denoise(image, method: str = DEFAULT_METHOD, *, weights=None, seed: int = 0,
     data = validate.to_float32(np.asarray(data))
     data = validate.check_shape(data)
     data, _ = validate.fill_nonfinite(data, fill=fill_nonfinite)
+    options = _options_for(fn, method, options)
     out = fn(data, weights=weights, seed=seed, progress=progress, **options)
     out = np.asarray(out, dtype=np.float32)
     if out.shape != data.shape:

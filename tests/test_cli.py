@@ -202,3 +202,12 @@ def test_unknown_method_is_an_argparse_error(tmp_path, noisy_tif, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["denoise", str(noisy_tif), "-m", "nope"])
     assert e.value.code == 2
+
+
+def test_option_not_applying_to_method_is_refused(tmp_path, noisy_tif, capsys):
+    code, _, err = run(capsys, "denoise", str(noisy_tif), "-o", str(tmp_path / "o"), "-m", "identity", "--patch-size", "7")
+    assert code == 2 and "--patch-size" in err and "identity" in err
+    with pytest.warns(UserWarning, match="memory budget"):
+        code, _, err = run(capsys, "denoise", str(noisy_tif), "-o", str(tmp_path / "o2"), "-m", "identity",
+                           "--memory-budget", "1G")
+    assert code == 0, err
