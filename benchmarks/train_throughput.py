@@ -170,6 +170,8 @@ def main(argv=None):
               f"{r['train_gflops']:6.1f} GFLOP/s ({r['pct_of_matmul_peak']:4.1f} % of matmul)  "
               f"infer {r['infer_mp_per_s']:6.2f} MP/s" + (f"  compile {r['compile_s']:.1f} s" if "compile_s" in r else ""),
               flush=True)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2) + "\n")  # after every case: partial runs keep results
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {a.out}")

@@ -80,7 +80,7 @@ TRAINING_RECORD = {
             "wall_s": 2325, "steps": 200, "batch": 16,
             "metrics": {"eval_mae": 0.0571, "eval_psnr": 22.35, "eval_psnr_noisy": 8.67}},
     "bbg": {"command": "jaxdn train unet-bbg --config configs/unet.py:bbg --workdir /tmp/runs/unet-bbg --set steps=200",
-            "wall_s": 2350, "steps": 200, "batch": 16,
+            "wall_s": 2397, "steps": 200, "batch": 16,
             "metrics": {"eval_mae": 0.0400, "eval_psnr": 25.37, "eval_psnr_noisy": 14.22}},
 }
 

@@ -83,7 +83,8 @@ def test_rotate_crop_identity_and_augment_range():
     n = source_size(32)
     assert n >= 32 * (np.cos(np.radians(10)) + np.sin(np.radians(10)))
     out = augment(jax.random.key(1), jax.random.uniform(jax.random.key(2), (n, n)), out=32)
-    assert out.shape == (32, 32) and float(out.min()) == 0.0 and float(out.max()) == 1.0
+    assert out.shape == (32, 32)
+    assert abs(float(out.min())) < 1e-6 and abs(float(out.max()) - 1.0) < 1e-6
 
 
 def test_stripes_batch_shapes_and_stripes_present():
