@@ -59,7 +59,7 @@ def matmul_peak(n=2048, repeats=5):
 
 # ---------------------------------------------------------------------------- JAX
 
-def jax_case(kind, *, batch, size, repeats, dtype="float32", im2col=False, widths=(32, 64, 128)):
+def jax_case(kind, *, batch, size, repeats, dtype="float32", im2col=False, widths=(32, 64, 128), infer=(4, 512)):
     import jax, jax.numpy as jnp, optax
     from flax import nnx
     from jaxdn.losses import mae, mse
@@ -86,22 +86,23 @@ def jax_case(kind, *, batch, size, repeats, dtype="float32", im2col=False, width
         holder[0], m = compiled(holder[0], b, jax.random.key(0))
         m["loss"].block_until_ready()
     t = _timeit(run, repeats)
-    # inference (eval mode, batch 4 of 512²)
+    # inference (eval mode, `infer` = (batch, side), default 4 × 512²)
     from jaxdn.train.loop import merge_model
     mdl = merge_model(gdef, holder[0]); mdl.eval()
     g2, s2 = nnx.split(mdl)
     fwd = jax.jit(lambda s, x: nnx.merge(g2, s)(x))
-    xi = jax.random.uniform(jax.random.key(1), (4, 512, 512, 1))
+    nb, side = infer
+    xi = jax.random.uniform(jax.random.key(1), (nb, side, side, 1))
     ti = _timeit(lambda: fwd(s2, xi).block_until_ready(), repeats)
     px = batch * size * size
     return {"step_s": t, "images_per_s": batch / t, "train_gflops": 6 * macs * px / t / 1e9,
-            "compile_s": compile_s, "infer_mp_per_s": 4 * 512 * 512 / ti / 1e6,
-            "infer_gflops": 2 * macs * 4 * 512 * 512 / ti / 1e9}
+            "compile_s": compile_s, "infer_mp_per_s": nb * side * side / ti / 1e6,
+            "infer_gflops": 2 * macs * nb * side * side / ti / 1e9}
 
 
 # ---------------------------------------------------------------------------- torch
 
-def torch_case(kind, *, batch, size, repeats, channels_last=False, widths=(32, 64, 128)):
+def torch_case(kind, *, batch, size, repeats, channels_last=False, widths=(32, 64, 128), infer=(4, 512)):
     import torch
     from benchmarks.peers.torch_models import StripeAutoencoder, UNet
     torch.manual_seed(0)
@@ -122,12 +123,13 @@ def torch_case(kind, *, batch, size, repeats, channels_last=False, widths=(32, 6
     model.train()
     t = _timeit(run, repeats)
     model.eval()
-    xi = torch.rand(4, 1, 512, 512).to(memory_format=mf)
+    nb, side = infer
+    xi = torch.rand(nb, 1, side, side).to(memory_format=mf)
     with torch.no_grad():
         ti = _timeit(lambda: model(xi), repeats)
     px = batch * size * size
     return {"step_s": t, "images_per_s": batch / t, "train_gflops": 6 * macs * px / t / 1e9,
-            "infer_mp_per_s": 4 * 512 * 512 / ti / 1e6, "infer_gflops": 2 * macs * 4 * 512 * 512 / ti / 1e9}
+            "infer_mp_per_s": nb * side * side / ti / 1e6, "infer_gflops": 2 * macs * nb * side * side / ti / 1e9}
 
 
 def main(argv=None):
@@ -135,29 +137,31 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", default="", help="comma list of case names to run")
+    p.add_argument("--infer", default="4,512", help="inference batch,side (default 4,512)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     a = p.parse_args(argv)
     import jax
     import torch
     rep = 2 if a.quick else a.repeats
-    res = {"jax": jax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    res = {"argv": list(argv) if argv is not None else sys.argv[1:], "jax": jax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu_count": os.cpu_count(), "cases": {}}
     res["matmul_f32_gflops"] = matmul_peak(repeats=rep)
     print(f"f32 matmul 2048²: {res['matmul_f32_gflops']:.1f} GFLOP/s", flush=True)
+    inf = tuple(int(v) for v in a.infer.split(","))
     ub, us = (32, 64)
     ab, as_ = (8, 256)
     cases = {
-        "unet/jax-f32": lambda: jax_case("unet", batch=ub, size=us, repeats=rep),
-        "unet/jax-f32-im2col": lambda: jax_case("unet", batch=ub, size=us, repeats=rep, im2col=True),
-        "unet/jax-bf16-im2col": lambda: jax_case("unet", batch=ub, size=us, repeats=rep, im2col=True, dtype="bfloat16"),
-        "unet/jax-f32-im2col-b64": lambda: jax_case("unet", batch=64, size=us, repeats=rep, im2col=True),
-        "unet/torch": lambda: torch_case("unet", batch=ub, size=us, repeats=rep),
-        "unet/torch-channels-last": lambda: torch_case("unet", batch=ub, size=us, repeats=rep, channels_last=True),
-        "stripes/jax-f32": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep),
-        "stripes/jax-f32-im2col": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep, im2col=True),
-        "stripes/jax-bf16-im2col": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep, im2col=True, dtype="bfloat16"),
-        "stripes/torch": lambda: torch_case("ae", batch=ab, size=as_, repeats=rep),
-        "stripes/torch-channels-last": lambda: torch_case("ae", batch=ab, size=as_, repeats=rep, channels_last=True),
+        "unet/jax-f32": lambda: jax_case("unet", batch=ub, size=us, repeats=rep, infer=inf),
+        "unet/jax-f32-im2col": lambda: jax_case("unet", batch=ub, size=us, repeats=rep, infer=inf, im2col=True),
+        "unet/jax-bf16-im2col": lambda: jax_case("unet", batch=ub, size=us, repeats=rep, infer=inf, im2col=True, dtype="bfloat16"),
+        "unet/jax-f32-im2col-b64": lambda: jax_case("unet", batch=64, size=us, repeats=rep, infer=inf, im2col=True),
+        "unet/torch": lambda: torch_case("unet", batch=ub, size=us, repeats=rep, infer=inf),
+        "unet/torch-channels-last": lambda: torch_case("unet", batch=ub, size=us, repeats=rep, infer=inf, channels_last=True),
+        "stripes/jax-f32": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep, infer=inf),
+        "stripes/jax-f32-im2col": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep, infer=inf, im2col=True),
+        "stripes/jax-bf16-im2col": lambda: jax_case("ae", batch=ab, size=as_, repeats=rep, infer=inf, im2col=True, dtype="bfloat16"),
+        "stripes/torch": lambda: torch_case("ae", batch=ab, size=as_, repeats=rep, infer=inf),
+        "stripes/torch-channels-last": lambda: torch_case("ae", batch=ab, size=as_, repeats=rep, infer=inf, channels_last=True),
     }
     only = [s for s in a.only.split(",") if s]
     for name, fn in cases.items():
