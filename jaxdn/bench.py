@@ -592,13 +592,19 @@ def _jaxdn_network(arch, dtype, weights_file):
     import jax.numpy as jnp
     from flax import nnx
     dt = jnp.bfloat16 if dtype == "bfloat16" else None
+    trained = weights_file is not None and Path(weights_file).is_file()
+    cfg = {}
+    if trained:
+        from .weights_io import read_meta
+        cfg = (read_meta(weights_file).get("config") or {}).get("model") or {}
     if arch == "unet":
         from .models.unet import UNet
-        build = lambda: UNet(compute_dtype=dt, im2col_first=True, rngs=nnx.Rngs(0))
+        widths = tuple(cfg.get("widths", (32, 64, 128)))
+        build = lambda: UNet(widths=widths, compute_dtype=dt, im2col_first=True, rngs=nnx.Rngs(0))
     else:
         from .models.stripe_autoencoder import StripeAutoencoder
-        build = lambda: StripeAutoencoder(compute_dtype=dt, im2col_thin=True, rngs=nnx.Rngs(0))
-    trained = weights_file is not None and Path(weights_file).is_file()
+        feats = int(cfg.get("features", 32))
+        build = lambda: StripeAutoencoder(features=feats, compute_dtype=dt, im2col_thin=True, rngs=nnx.Rngs(0))
     if trained:
         from .weights_io import load_weights
         model = load_weights(weights_file, build)
@@ -673,7 +679,8 @@ def cli_latency(*, size=256, log=None, timeout=900) -> dict:
     src = tmp / "in.tif"
     tifffile.imwrite(src, noisy)
     cache = tmp / "xla"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    base_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("JAX_COMPILATION_CACHE", "JAXDN_CACHE_DIR", "JAXDN_NO_CACHE"))}
 
     def run(label, args, extra_env):
         env = dict(base_env, **extra_env)
@@ -686,10 +693,11 @@ def cli_latency(*, size=256, log=None, timeout=900) -> dict:
                 "stderr_tail": p.stderr[-300:] if p.returncode else ""}
 
     denoise = ["-m", "jaxdn.cli", "denoise", str(src), "-q", "--overwrite"]
-    cache_env = {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    # the CLI's own cache switch (JAXDN_CACHE_DIR / JAXDN_NO_CACHE), and JAX's for older CLIs
+    cache_env = {"JAXDN_CACHE_DIR": str(cache), "JAX_COMPILATION_CACHE_DIR": str(cache),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     runs = [run("import only", ["-c", "import jaxdn.cli, jaxdn.api, jax, jaxdn.methods.reucid"], {}),
-            run("no cache", denoise + ["--output", str(tmp / "a.tif")], {}),
+            run("no cache", denoise + ["--output", str(tmp / "a.tif")], {"JAXDN_NO_CACHE": "1"}),
             run("cold cache", denoise + ["--output", str(tmp / "b.tif")], cache_env),
             run("warm cache", denoise + ["--output", str(tmp / "c.tif")], cache_env)]
     n_files = sum(1 for _ in cache.rglob("*") if _.is_file()) if cache.exists() else 0
@@ -942,7 +950,8 @@ def markdown(doc) -> str:
     if doc.get("partial"):
         lines.append("- **Partial run** (stopped before the end; the sections present are complete)")
     lines.append(f"- Command: `{env['command']}`")
-    lines.append(f"- Date: {env['date_utc']}; wall time {doc.get('wall_s', 0):.0f} s")
+    wall = f"{doc['wall_s']:.0f} s" if doc.get("wall_s") is not None else "n/a"
+    lines.append(f"- Date: {env['date_utc']}; wall time {wall}")
     lines.append(f"- Backend: {env['backend']} ({', '.join(env['devices'])}); {env['cpu_model']}; "
                  f"{env['cpu_affinity']} of {env['os_cpu_count']} CPUs; {env['memory_total_gb']:.0f} GiB; "
                  f"load average at start {load_s}" + (f", at end {', '.join(f'{v:.1f}' for v in load_e)}" if load_e else ""))
