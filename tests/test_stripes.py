@@ -87,6 +87,7 @@ def test_rotate_crop_identity_and_augment_range():
     assert abs(float(out.min())) < 1e-6 and abs(float(out.max()) - 1.0) < 1e-6
 
 
+@pytest.mark.slow  # compiles the whole STM simulator + augmentation pipeline (minutes on a busy CPU)
 def test_stripes_batch_shapes_and_stripes_present():
     pytest.importorskip("jaxdn.simulate.stm")
     from jaxdn.train.data_supervised import stripes_batch
