@@ -17,8 +17,7 @@ Rows:
 * non-local means (`skimage.restoration.denoise_nl_means`, fast_mode, patch 5, distance 6,
   σ from `estimate_sigma`, h = f·σ with f tuned per dose on the same tuning image);
 * REUCID, oracle α*: one stack, the PSNR-optimal number of eigenpatches chosen with the clean image;
-* REUCID, shipped classifier: `jaxdn.reucid.pipeline.denoise` with default settings (one stack);
-* the same with patches of 2p̂ + 1 (p̂ = the ACF estimate), to show how much the patch size matters.
+* REUCID, shipped classifier: `jaxdn.reucid.pipeline.denoise` with default settings (one stack).
 
 Also reported: the residual (noisy − denoised) correlation with the clean image (Pearson r;
 near 0 = the residual carries no structure) and the mean kept count / α*.
@@ -116,7 +115,7 @@ def run(n_images=4, size=256, weights=None, log=print):
         tclean, tnoisy = simulate(jax.random.fold_in(kd, 999), dose, size)
         sg = tune(gaussian, [0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0], tnoisy, tclean)
         fh = tune(nlm, [0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0], tnoisy, tclean)
-        acc = {k: [] for k in ("noisy", "gauss", "nlm", "oracle", "reucid", "reucid2p")}
+        acc = {k: [] for k in ("noisy", "gauss", "nlm", "oracle", "reucid")}
         alphas, keeps, ps = [], [], []
         for i in range(n_images):
             clean, noisy = simulate(jax.random.fold_in(kd, i), dose, size)
@@ -126,7 +125,6 @@ def run(n_images=4, size=256, weights=None, log=print):
             orc, a, p = reucid_oracle(noisy, clean)
             acc["oracle"].append(scores(orc, noisy, clean))
             acc["reucid"].append(scores(reucid_classifier(noisy, classifier), noisy, clean))
-            acc["reucid2p"].append(scores(reucid_classifier(noisy, classifier, double_p=True), noisy, clean))
             alphas.append(a)
             ps.append(p)
             keeps.append(kept_count(noisy, classifier))
@@ -151,7 +149,7 @@ def to_markdown(rows, extra, *, n_images, size, seconds):
              "| dose e/Å² | method | PSNR dB | SSIM | IEF | r(res, clean) |",
              "|---:|---|---:|---:|---:|---:|"]
     for dose, r in rows.items():
-        for k in ("noisy", "gauss", "nlm", "oracle", "reucid", "reucid2p"):
+        for k in ("noisy", "gauss", "nlm", "oracle", "reucid"):
             ps, ss, ief, corr = r[k]
             name = NAMES[k]
             if k == "gauss":
