@@ -593,10 +593,7 @@ def _jaxdn_network(arch, dtype, weights_file):
     from flax import nnx
     dt = jnp.bfloat16 if dtype == "bfloat16" else None
     trained = weights_file is not None and Path(weights_file).is_file()
-    cfg = {}
-    if trained:
-        from .weights_io import read_meta
-        cfg = (read_meta(weights_file).get("config") or {}).get("model") or {}
+    cfg = _model_config(weights_file)
     if arch == "unet":
         from .models.unet import UNet
         widths = tuple(cfg.get("widths", (32, 64, 128)))
@@ -616,13 +613,23 @@ def _jaxdn_network(arch, dtype, weights_file):
     return (lambda x: np.asarray(fwd(state, jnp.asarray(x)))), trained
 
 
-def _torch_network(arch, channels_last):
+def _model_config(weights_file):
+    """The `model` section of a shipped weights file's meta ({} when absent)."""
+    if weights_file is None or not Path(weights_file).is_file():
+        return {}
+    from .weights_io import read_meta
+    return (read_meta(weights_file).get("config") or {}).get("model") or {}
+
+
+def _torch_network(arch, channels_last, cfg=None):
     mod, why = _import_peer("peers.torch_models")
     if mod is None:
         return None, why
     import torch
     torch.manual_seed(0)
-    model = (mod.UNet() if arch == "unet" else mod.StripeAutoencoder()).eval()
+    cfg = cfg or {}
+    model = (mod.UNet(tuple(cfg.get("widths", (32, 64, 128)))) if arch == "unet"
+             else mod.StripeAutoencoder(int(cfg.get("features", 32)))).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
 
@@ -652,12 +659,12 @@ def network_contenders(arch, *, torch_ok, notes):
                          agree_with=f"{arch}-net", dashed=True))
     if torch_ok:
         for cl in (False, True):
-            fn, why = _torch_network(arch, cl)
+            fn, why = _torch_network(arch, cl, _model_config(wf))
             if fn is None:
                 notes.append(f"torch {arch} peer unavailable: {why}")
                 break
             out.append(Contender(f"torch:{arch}-net" + ("-cl" if cl else ""), "peer", f"{arch}-net", fn,
-                                 note=("channels-last" if cl else "NCHW") + ", PyTorch CPU eager, random weights",
+                                 note=("channels-last" if cl else "NCHW") + ", PyTorch CPU eager, same widths, random weights",
                                  quality=False, dashed=True))
     return out
 
@@ -866,7 +873,8 @@ def run_suite(args, argv=None, log=print, checkpoint=None) -> dict:
                 rows = run_interleaved(contenders, noisy, repeats=args.repeats, clean=clean, log=log)
                 ref = next((r for r in rows if r["kind"] == "jaxdn" and r.get("stats")), None)
                 for r in rows:
-                    r.update({"size": size, "frames": 1, "shape": list(noisy.shape), "section": "network"})
+                    r.update({"size": size, "frames": 1, "shape": list(noisy.shape), "section": "network",
+                              "psnr_noisy_db": _psnr(noisy, clean)})
                     if ref is None or r is ref or not r.get("stats"):
                         continue
                     pr = paired_ratios(r["times_s"], ref["times_s"])
