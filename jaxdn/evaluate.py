@@ -17,6 +17,8 @@ from .errors import JaxdnError
 
 EVALUATORS: dict[str, str] = {
     "unet": "jaxdn.train.unet:evaluate",
+    "unet-g": "jaxdn.train.unet:evaluate", "unet-sp": "jaxdn.train.unet:evaluate",
+    "unet-gsp": "jaxdn.train.unet:evaluate", "unet-bbg": "jaxdn.train.unet:evaluate",
     "stripes": "jaxdn.train.stripes:evaluate",
     "noise2atom": "jaxdn.train.noise2atom:evaluate",
     "reucid": "jaxdn.reucid.evaluate:evaluate",
