@@ -86,10 +86,9 @@ def reucid_oracle(noisy, clean):
     return recs[a], a + 1, p
 
 
-def reucid_classifier(noisy, classifier=None, *, double_p=False):
-    from jaxdn.reucid import pipeline, psf
-    p = 2 * psf.estimate_patch_size(noisy) + 1 if double_p else None
-    return np.asarray(pipeline.denoise(noisy, classifier=classifier, n_stacks=1, patch_size=p), np.float32)
+def reucid_classifier(noisy, classifier=None):
+    from jaxdn.reucid import pipeline
+    return np.asarray(pipeline.denoise(noisy, classifier=classifier, n_stacks=1), np.float32)
 
 
 def kept_count(noisy, classifier):
@@ -137,8 +136,7 @@ def run(n_images=4, size=256, weights=None, log=print):
 
 
 NAMES = {"noisy": "noisy input", "gauss": "Gaussian filter (σ tuned)", "nlm": "non-local means (skimage, h tuned)",
-         "oracle": "REUCID, oracle α* (PSNR)", "reucid": "REUCID, shipped classifier",
-         "reucid2p": "REUCID, shipped classifier, patch 2p̂+1 (not the default)"}
+         "oracle": "REUCID, oracle α* (PSNR)", "reucid": "REUCID, shipped classifier"}
 
 
 def to_markdown(rows, extra, *, n_images, size, seconds):
