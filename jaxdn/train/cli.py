@@ -39,7 +39,7 @@ DEFAULT_CONFIGS: dict[str, str] = {
     "toy": "configs/toy.py", "unet-g": "configs/unet.py:g", "unet-sp": "configs/unet.py:sp",
     "unet-gsp": "configs/unet.py:gsp", "unet-bbg": "configs/unet.py:bbg",
     "stripes": "configs/stripes.py", "noise2atom": "configs/noise2atom.py",
-    "reucid-classifier": "configs/reucid_classifier.py",
+    "reucid-classifier": "configs/reucid.py",
 }
 
 
