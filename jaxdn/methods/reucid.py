@@ -58,6 +58,25 @@ def stream_options(lazy, options):
     return options
 
 
+# Images above this many pixels are denoised in overlapping tiles (bounded memory: the whole-image
+# path peaks at ~1 GB for 4096², measured in benchmarks/results/scale.md, and grows with the image).
+MAX_WHOLE_PIXELS = 4096 * 4096
+TILE, TILE_OVERLAP = 2048, 64
+
+
+def _denoise_tiled(x, *, patch_size, progress, **kw):
+    """REUCID on overlapping TILE² tiles blended by `jaxdn.tiling` (one patch size for the whole image).
+
+    Each tile gets its own eigenpatches, so the result differs slightly from a whole-image run; peak
+    memory depends on TILE, not on the image size.
+    """
+    from ..tiling import tiled_apply
+    if patch_size is None:
+        patch_size = psf.estimate_patch_size(x, max_size=_max_patch(*x.shape))
+    fn = lambda tiles: pipeline.denoise(np.asarray(tiles, np.float32), patch_size=patch_size, **kw)
+    return tiled_apply(fn, x, tile=TILE, overlap=TILE_OVERLAP, batch_size=1, jit=False, progress=progress)
+
+
 def denoise(data, *, weights=None, seed=0, progress=False, patch_size=None, memory_budget=None,
             max_stacks=None, path="auto", n_stacks=None, n_keep=None, rank=25, **options):
     """Denoise with REUCID.
@@ -92,6 +111,8 @@ def denoise(data, *, weights=None, seed=0, progress=False, patch_size=None, memo
     kw = dict(classifier=classifier, n_keep=n_keep, memory_budget=memory_budget, n_stacks=n_stacks,
               max_stacks=max_stacks, rank=rank, path=path, seed=seed)
     if x.ndim == 2:
+        if x.size > MAX_WHOLE_PIXELS:
+            return _denoise_tiled(x, patch_size=patch_size, progress=progress, **kw)
         return pipeline.denoise(x, patch_size=patch_size, **kw)
     t, h, w = x.shape
     if patch_size is None and min(h, w) >= 10:
