@@ -20,6 +20,18 @@ KINDS = {
 }
 
 
+def _pairs(key, n, make_clean, add_noise):
+    """n (noisy, clean) pairs as host arrays: clean = make_clean(k1), noisy = add_noise(k2, clean)."""
+    import jax
+    noisy, clean = [], []
+    for k in jax.random.split(key, n):
+        k1, k2 = jax.random.split(k)
+        img = make_clean(k1)
+        clean.append(np.asarray(img))
+        noisy.append(np.asarray(add_noise(k2, img)))
+    return noisy, clean
+
+
 def simulate_arrays(kind: str, *, n: int, size: int, seed: int, dose: float) -> tuple[list[np.ndarray], list[np.ndarray] | None, float | None]:
     """Return (noisy images, clean images or None, pixel size in nm or None)."""
     import jax
@@ -27,12 +39,8 @@ def simulate_arrays(kind: str, *, n: int, size: int, seed: int, dose: float) -> 
 
     key = jax.random.key(seed)
     if kind == "stem":
-        noisy, clean = [], []
-        for k in jax.random.split(key, n):
-            k1, k2 = jax.random.split(k)
-            img = atoms.haadf_lattice(k1, size=size)[0]
-            clean.append(np.asarray(img))
-            noisy.append(np.asarray(noise.poisson_gaussian(k2, img, dose=dose, pixel_size=PIXEL_SIZE_A)))
+        noisy, clean = _pairs(key, n, lambda k: atoms.haadf_lattice(k, size=size)[0],
+                              lambda k, c: noise.poisson_gaussian(k, c, dose=dose, pixel_size=PIXEL_SIZE_A))
         return noisy, clean, PIXEL_SIZE_A / 10
     if kind == "stem-movie":
         k1, k2 = jax.random.split(key)
@@ -45,22 +53,10 @@ def simulate_arrays(kind: str, *, n: int, size: int, seed: int, dose: float) -> 
         return [np.asarray(i) for i in imgs], None, None
     if kind == "graphene":
         from .simulate import graphene
-        clean, noisy = [], []
-        for k in jax.random.split(key, n):
-            k1, k2 = jax.random.split(k)
-            img = graphene.graphene(k1, size=size)
-            clean.append(np.asarray(img))
-            noisy.append(np.asarray(noise.gaussian(k2, img, c=0.2)))
-        return noisy, clean, None
+        return (*_pairs(key, n, lambda k: graphene.graphene(k, size=size), lambda k, c: noise.gaussian(k, c, c=0.2)), None)
     if kind == "stm":
         from .simulate import stm
-        clean, noisy = [], []
-        for k in jax.random.split(key, n):
-            k1, k2 = jax.random.split(k)
-            img = stm.stm_topography(k1, size=size)
-            clean.append(np.asarray(img))
-            noisy.append(np.asarray(noise.stripes(k2, img)))
-        return noisy, clean, None
+        return (*_pairs(key, n, lambda k: stm.stm_topography(k, size=size), noise.stripes), None)
     raise ValueError(kind)
 
 
