@@ -148,6 +148,14 @@ def _all_sum(value: int) -> int:
     return int(np.sum(multihost_utils.process_allgather(np.array([int(value)], np.int64))))
 
 
+def _raise_if_any_failed(err: Exception | None, message: str) -> None:
+    """Collective check: every process learns whether any failed; re-raise ours, or report theirs."""
+    if not _all_ok(err is None):
+        if err is not None:
+            raise err
+        raise InputError(message)
+
+
 def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = api.DEFAULT_METHOD, weights=None,
                         seed: int = 0, overwrite: bool = False, report: bool = False,
                         fill_nonfinite: bool = False, channel: int | None = None, progress: bool = False,
@@ -186,10 +194,7 @@ def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = ap
                                    channel=channel, progress=progress, options=options, batch_frames=batch_frames)
             except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes know
                 err = e
-        if not _all_ok(err is None):
-            if err is not None:
-                raise err
-            raise InputError(f"{input_path}: failed on process 0")
+        _raise_if_any_failed(err, f"{input_path}: failed on process 0")
         return res or FileResult(input=input_path, output=output_path)
 
     share = process_share(range(lazy.n_frames))
@@ -205,10 +210,7 @@ def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = ap
                                         frame_range=(share[0], share[-1] + 1), sidecar=False)
         except Exception as e:  # noqa: BLE001
             err = e
-        if not _all_ok(err is None):
-            if err is not None:
-                raise err
-            raise InputError(f"{input_path}: failed on another process")
+        _raise_if_any_failed(err, f"{input_path}: failed on another process")
         filled = _all_sum(res.filled_nonfinite)
         if pid == 0:
             try:
@@ -221,10 +223,7 @@ def denoise_file_shared(input_path: Path, output_path: Path, *, method: str = ap
                                        unit=unit, record=record, overwrite=overwrite)
             except Exception as e:  # noqa: BLE001
                 err = e
-        if not _all_ok(err is None):
-            if err is not None:
-                raise err
-            raise InputError(f"{input_path}: assembling the output failed on process 0")
+        _raise_if_any_failed(err, f"{input_path}: assembling the output failed on process 0")
     finally:
         part.unlink(missing_ok=True)
         _stream.ACTIVE_TEMP_FILES.discard(part)
