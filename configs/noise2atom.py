@@ -53,7 +53,7 @@ class ModelConfig:
     out_mid: int = 8
     critic_widths: tuple[int, int, int, int] = (64, 64, 128, 128)
     dropout: float = 0.25
-    impl: Literal["xla", "im2col"] = "xla"
+    impl: Literal["xla", "im2col", "fastgrad"] = "xla"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -103,8 +103,8 @@ def get_config(variant: str = "default") -> Config:
     small = dataclasses.replace(
         paper,
         model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
-                                  critic_widths=(16, 32, 32, 64), impl="im2col"),
-        crop=64, steps=400, clean_domain="lattice", background_order=2, guard=True,
+                                  critic_widths=(16, 32, 32, 64), impl="fastgrad"),
+        crop=64, steps=1000, lr=1e-4, clean_domain="lattice", background_order=2, guard=True,
         log_every=5, eval_every=25, checkpoint_every=10)
     variants = {
         "default": paper,

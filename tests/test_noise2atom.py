@@ -67,9 +67,29 @@ def test_im2col_matches_scipy(stride, pad):
     w = rng.normal(size=(3, 3, 2, 1)).astype(np.float32)
     xp = np.pad(x[0], ((pad, pad), (pad, pad), (0, 0)))
     ref = sum(signal.correlate2d(xp[..., c], w[..., c, 0], mode="valid") for c in range(2))[::stride, ::stride]
-    for impl in ("xla", "im2col"):
+    for impl in ("xla", "im2col", "fastgrad"):
         out = m.conv2d(jnp.asarray(x), jnp.asarray(w), stride=stride, pad=pad, impl=impl)
         np.testing.assert_allclose(out[0, ..., 0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,pad", [(3, 1), (3, 2), (5, 4), (5, 2)])
+def test_fastgrad_gradients_match_autodiff_to_second_order(k, pad):
+    """The custom VJP of padded convs: first derivatives (both arguments) and the second derivative
+    the gradient penalty takes (∂/∂w of ‖∂f/∂x‖²), against JAX autodiff of lax.conv."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+    w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) * 0.3
+    b = jnp.linspace(-0.1, 0.1, 4)
+
+    def f(impl):
+        return lambda x, w: jnp.sum(jnp.sin(m.conv2d(x, w, b, pad=pad, impl=impl)))
+
+    for got, ref in zip(jax.grad(f("fastgrad"), (0, 1))(x, w), jax.grad(f("xla"), (0, 1))(x, w)):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+    def penalty(impl):
+        return lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(m.conv2d(x, w, pad=pad, impl=impl))))(x) ** 2)
+
+    np.testing.assert_allclose(jax.grad(penalty("fastgrad"))(w), jax.grad(penalty("xla"))(w), rtol=1e-4, atol=1e-3)
 
 
 def test_instance_norm_is_per_sample_over_hwc():

@@ -16,8 +16,9 @@ Faithful to the authors' public Keras code where the paper is vague:
 * "instance normalisation" = per sample over H, W and C, one scalar scale and offset, eps 1e-3.
 
 All modules are NHWC, float32 parameters; ``impl`` picks how convolutions are computed
-("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul, faster for thin layers
-on CPU) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
+("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul; "fastgrad": XLA
+convolutions whose gradients are also computed as forward convolutions — 3–9× faster training steps
+for these thin layers on CPU, see `_padded_conv`) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
 everything else in float32). Neither changes the parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (``pad_to_multiple`` in the method pads and crops back).
 """
@@ -60,6 +61,10 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float
     """
     k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
     xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
+    if impl == "fastgrad":
+        if stride == 1 and 0 < pad <= k - 1:
+            return _padded_conv(xc, wc, pad).astype(jnp.float32) + (0.0 if b is None else b)
+        impl = "xla"
     if impl == "xla" or k == 1 and stride == 1:
         if k == 1 and stride == 1 and pad == 0:
             y = jnp.einsum("nhwc,cd->nhwd", xc, wc[0, 0], preferred_element_type=jnp.float32)
@@ -81,6 +86,51 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float
         raise ValueError(f"unknown conv impl {impl!r}")
     y = y.astype(jnp.float32)
     return y if b is None else y + b
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, w, pad):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DN,
+                                        preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+@jax.custom_vjp
+def _padded_conv_impl(x, w, pad_arr):
+    return _xla_conv(x, w, pad_arr.shape[0])
+
+
+def _padded_conv(x, w, pad: int):
+    """Stride-1 conv of NHWC `x` with HWIO `w`, zero padding `pad` (1 ≤ pad ≤ k − 1), custom gradient.
+
+    XLA:CPU differentiates a zero-padded convolution through a slow generic kernel (the filter
+    gradient of a 64²×16→8 9×9 conv takes 18× its forward pass). Here both gradients are plain
+    forward convolutions: ∂x = conv(g, flipped Wᵀ, padding k − 1 − pad), ∂W = conv of the padded input
+    with channels as batch and the batch as input features. Same values to float rounding; twice
+    differentiable (the gradient penalty needs that). `pad` travels as the length of a dummy array so
+    the custom VJP stays a pure function of arrays.
+    """
+    return _padded_conv_impl(x, w, jnp.zeros((pad,), x.dtype))
+
+
+def _padded_conv_fwd(x, w, pad_arr):
+    return _xla_conv(x, w, pad_arr.shape[0]), (x, w, pad_arr)
+
+
+def _padded_conv_bwd(res, g):
+    x, w, pad_arr = res
+    pad, k = pad_arr.shape[0], w.shape[0]
+    g = g.astype(x.dtype)
+    dx = _xla_conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), k - 1 - pad)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                      [(0, 0), (0, 0)], dimension_numbers=_DN,
+                                      preferred_element_type=jnp.float32)  # (Cin, k, k, Cout)
+    return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype), jnp.zeros_like(pad_arr)
+
+
+_padded_conv_impl.defvjp(_padded_conv_fwd, _padded_conv_bwd)
 
 
 def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):
