@@ -1,7 +1,7 @@
 """Noise2Atom benchmark: quality on a simulated drifting low-dose movie and train-step speed.
 
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
-    python benchmarks/noise2atom_bench.py speed --variants small,fast [--steps 2]
+    python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch]
 
 `quality` calls `jaxdn.train.noise2atom.evaluate` (CSS vs the clean movie's own CSS, PSNR vs a
 Gaussian filter tuned on the same movie, atom-column F1 at 2 px, flat and gradient background) and
@@ -33,32 +33,85 @@ def quality(args) -> None:
               f"| {q['atoms_gauss']['false_atoms_per_true']:.3f} | {q['atoms_denoised']['false_atoms_per_true']:.3f} |")
 
 
-def speed(args) -> None:
+def _jax_step(variant: str, impl: str | None):
+    """(compiled step, state, batch, compile_s, gflop) of the fused train step of a config variant."""
+    import dataclasses
     import jax
     import numpy as np
     from jaxdn.train import noise2atom as T
     from jaxdn.train.config import load_config
-    for variant in args.variants.split(","):
-        cfg = load_config(f"configs/noise2atom.py:{variant}")
-        gdefs, init_state, tx = T.graphdefs_and_init(cfg)
-        state = init_state()
-        frames = jax.numpy.asarray(np.random.default_rng(0).uniform(-1, 1, (4, cfg.crop * 2, cfg.crop * 2)).astype(np.float32))
-        batch = T.make_batch_fn(cfg)(jax.random.key(0), 0, {"frames": frames})
-        step = jax.jit(T.make_train_step(cfg, gdefs, tx))
-        t = time.perf_counter()
-        compiled = step.lower(state, batch, jax.random.key(0)).compile()
-        t_compile = time.perf_counter() - t
-        flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-        state, _ = compiled(state, batch, jax.random.key(0))
-        jax.block_until_ready(state)
-        times = []
-        for i in range(args.steps):
-            t = time.perf_counter()
-            state, m = compiled(state, batch, jax.random.key(i + 1))
-            jax.block_until_ready(state)
-            times.append(time.perf_counter() - t)
-        print(json.dumps({"variant": variant, "compile_s": t_compile, "s_per_step": min(times),
-                          "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / min(times)}), flush=True)
+    cfg = load_config(f"configs/noise2atom.py:{variant}")
+    if impl:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, impl=impl))
+    gdefs, init_state, tx = T.graphdefs_and_init(cfg)
+    state = init_state()
+    frames = jax.numpy.asarray(np.random.default_rng(0).uniform(-1, 1, (4, cfg.crop * 2, cfg.crop * 2)).astype(np.float32))
+    batch = T.make_batch_fn(cfg)(jax.random.key(0), 0, {"frames": frames})
+    step = jax.jit(T.make_train_step(cfg, gdefs, tx))
+    t = time.perf_counter()
+    compiled = step.lower(state, batch, jax.random.key(0)).compile()
+    t_compile = time.perf_counter() - t
+    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    state, _ = compiled(state, batch, jax.random.key(0))
+    jax.block_until_ready(state)
+    return compiled, state, batch, t_compile, flops / 1e9
+
+
+def _torch_step(variant: str, channels_last: bool, steps: int) -> dict:
+    import subprocess
+    peer = Path(__file__).with_name("peers") / "torch_noise2atom.py"
+    cmd = [sys.executable, str(peer), "--variant", variant, "--steps", str(steps)] + (["--channels-last"] if channels_last else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def speed(args) -> None:
+    """JAX fused step per (variant, impl) and, with --torch, the PyTorch peer (default and
+    channels-last eager) interleaved round by round in the same run, plus the f32 matmul peak."""
+    import jax
+    from jaxdn.bench import matmul_peak
+    peak = matmul_peak(n=2048, dtype="float32", repeats=3)["flops_per_s"] / 1e9
+    print(json.dumps({"matmul_f32_gflop_s": peak}), flush=True)
+    cases = []
+    for spec in args.variants.split(","):
+        variant, _, impl = spec.partition(":")
+        compiled, state, batch, t_compile, gflop = _jax_step(variant, impl or None)
+        cases.append({"name": f"jax {spec}", "variant": variant, "compile_s": t_compile, "gflop": gflop,
+                      "run": (compiled, state, batch), "times": []})
+    peers = []
+    if args.torch:
+        for variant in sorted({c["variant"] for c in cases}):
+            for cl in (False, True):
+                peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}", "variant": variant,
+                              "cl": cl, "times": []})
+    for r in range(args.rounds):
+        for c in cases:
+            compiled, state, batch = c["run"]
+            for i in range(args.steps):
+                t = time.perf_counter()
+                state, _ = compiled(state, batch, jax.random.key(100 * r + i + 1))
+                jax.block_until_ready(state)
+                c["times"].append(time.perf_counter() - t)
+            c["run"] = (compiled, state, batch)
+        for p in peers:
+            res = _torch_step(p["variant"], p["cl"], args.steps)
+            p["times"].append(res.get("s_per_step", float("nan")))
+            p["last"] = res
+    print(f"\nf32 matmul peak (jnp.dot 2048², same run): {peak:.0f} GFLOP/s\n")
+    print("| step (critic ×5 + generators) | s/step (min) | compile s | GFLOP/step | GFLOP/s | % of f32 peak |")
+    print("|---|---|---|---|---|---|")
+    for c in cases:
+        t = min(c["times"])
+        print(f"| {c['name']} | {t:.3f} | {c['compile_s']:.0f} | {c['gflop']:.1f} | {c['gflop'] / t:.1f} | "
+              f"{100 * c['gflop'] / t / peak:.0f} % |")
+        print(json.dumps({k: v for k, v in c.items() if k != "run"}), flush=True)
+    for p in peers:
+        t = min(p["times"])
+        gflop = next((c["gflop"] for c in cases if c["variant"] == p["variant"]), float("nan"))
+        print(f"| {p['name']} (eager) | {t:.3f} | – | ({gflop:.1f}) | {gflop / t:.1f} | {100 * gflop / t / peak:.0f} % |")
+        print(json.dumps({k: v for k, v in p.items()}, default=str), flush=True)
 
 
 def main(argv=None) -> int:
@@ -72,7 +125,9 @@ def main(argv=None) -> int:
     q.add_argument("--outdir", default="/tmp/n2a_eval")
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
-    s.add_argument("--steps", type=int, default=2)
+    s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
+    s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
+    s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     args = ap.parse_args(argv)
     quality(args) if args.cmd == "quality" else speed(args)
     return 0

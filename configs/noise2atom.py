@@ -104,7 +104,7 @@ def get_config(variant: str = "default") -> Config:
         paper,
         model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
                                   critic_widths=(16, 32, 32, 64), impl="fastgrad"),
-        crop=64, steps=1000, lr=1e-4, clean_domain="lattice", background_order=2, guard=True,
+        crop=64, steps=800, lr=1e-4, momentum=0.0, clean_domain="lattice", background_order=2, guard=True,
         log_every=5, eval_every=25, checkpoint_every=10)
     variants = {
         "default": paper,

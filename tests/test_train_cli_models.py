@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(argv, capsys):
-    from jaxdn.train.cli import main
-    rc = main(argv)
+    """`jaxdn train ARGV` in-process (through the main CLI, so the persistent XLA cache serves resumes)."""
+    from jaxdn.cli import main
+    rc = main(["train", *argv])
     out, err = capsys.readouterr()
     assert rc == 0, err[-2000:]
     return json.loads(out.strip().splitlines()[-1])

@@ -55,7 +55,7 @@ def lowfreq_cycle(lowpass: Callable, noisy, cycled):
 def sign_correlation(a, b):
     """Per-sample Pearson correlation of `a` and `b` over all non-batch axes → (N,), in [−1, 1].
 
-    Used by the inversion guard: the low-passed input and the denoised output of M_s2c must be
+    Used by the inversion guard: the input and the denoised output of M_s2c must be
     positively correlated (bright regions hold the atoms).
     """
     axes = tuple(range(1, a.ndim))
