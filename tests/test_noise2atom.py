@@ -253,7 +253,6 @@ def test_batch_shapes_and_ranges(tiny):
         assert -1.0 <= float(v.min()) and float(v.max()) <= 1.0
 
 
-@pytest.mark.slow  # compiling the fused GAN step takes ~1 min on 2 cores
 def test_train_step_changes_params_is_deterministic_and_traced_once(tiny):
     step, state, batch = tiny["step"], tiny["state"], tiny["batch"]
     s1, m1 = step(state, batch, jax.random.key(7))
@@ -270,7 +269,6 @@ def test_train_step_changes_params_is_deterministic_and_traced_once(tiny):
     assert float(m1["guard_flips"]) in (0.0, 1.0)
 
 
-@pytest.mark.slow  # shares the compiled step with the test above
 def test_inversion_guard_detects_and_flips_an_inverted_generator(tiny):
     T, cfg, gdefs, step = tiny["T"], tiny["cfg"], tiny["gdefs"], tiny["step"]
     state, batch, corr0 = tiny["state"], tiny["batch"], tiny["corr0"]
