@@ -18,8 +18,10 @@ Variants:
 
 Shipped weights: see TRAINING_RECORD below (command, wall time, final metrics) and the MS-SSIM
 table in benchmarks/results/supervised.md. Because the CPU was shared with ~6 other jobs, G and SP
-got 300 steps and G&SP and BB+G 200 steps (``--set steps=200``) of batch 16 — 3 200–4 800
-patches, about half a paper epoch; each took 32–49 min of contended wall time instead of ~10.
+got 300 steps and BB+G 200 steps (``--set steps=200``) of batch 16 — 3 200–4 800 patches, about
+half a paper epoch; each took 32–49 min of contended wall time instead of ~10. G&SP, the hardest
+noise, was retrained for 3000 steps (``--set steps=3000``, 38 min sharing the CPU with one other
+training) to reach the MS-SSIM goal in every extrapolation row.
 """
 from __future__ import annotations
 
@@ -76,9 +78,12 @@ TRAINING_RECORD = {
     "sp": {"command": "jaxdn train unet-sp --config configs/unet.py:sp --workdir /tmp/runs/unet-sp",
            "wall_s": 2922, "steps": 300, "batch": 16,
            "metrics": {"eval_mae": 0.0323, "eval_psnr": 26.95, "eval_psnr_noisy": 9.25}},
-    "gsp": {"command": "jaxdn train unet-gsp --config configs/unet.py:gsp --workdir /tmp/runs/unet-gsp --set steps=200",
-            "wall_s": 2325, "steps": 200, "batch": 16,
-            "metrics": {"eval_mae": 0.0571, "eval_psnr": 22.35, "eval_psnr_noisy": 8.67}},
+    "gsp": {"command": "jaxdn train unet-gsp --config configs/unet.py:gsp --workdir runs/unet-gsp-3000 --set steps=3000",
+            "note": "retrained 2026-11-22 (second session): 3000 steps, CPU shared with one Noise2Atom training; "
+                    "a 1500-step run gave eval PSNR 27.20 and MS-SSIM 0.878 at C_noise 0.36 (the first, 200-step "
+                    "model: 22.35 dB, 0.710)",
+            "wall_s": 2257, "steps": 3000, "batch": 16,
+            "metrics": {"eval_mae": 0.0269, "eval_psnr": 28.47, "eval_psnr_noisy": 8.67}},
     "bbg": {"command": "jaxdn train unet-bbg --config configs/unet.py:bbg --workdir /tmp/runs/unet-bbg --set steps=200",
             "wall_s": 2397, "steps": 200, "batch": 16,
             "metrics": {"eval_mae": 0.0400, "eval_psnr": 25.37, "eval_psnr_noisy": 14.22}},
