@@ -379,7 +379,10 @@ def resolve_weights(weights) -> Path:
         p = shipped(WEIGHTS_NAME)
         if not p.is_file():
             from ..errors import MethodNotAvailable
-            raise MethodNotAvailable("no shipped noise2atom weights in this installation; pass --weights")
+            raise MethodNotAvailable(
+                "no shipped noise2atom weights in this installation: train them with `jaxdn train noise2atom "
+                "--config configs/noise2atom.py:small --workdir runs/n2a` (or on your movie with --data MOVIE) "
+                "and pass --weights runs/n2a")
         return p
     p = Path(weights)
     if p.is_dir():
