@@ -33,13 +33,11 @@ from typing import Literal
 
 # Record of the shipped run (command, wall time, final losses).
 SHIPPED_RUN = (
-    "NOT SHIPPED. Session of 2026-11-22 on the shared 2-core CPU (load ≈ 20): the command above "
-    "(run through jaxdn.train.noise2atom.train, workdir /tmp/n2a_runs/small) started 01:52 UTC; XLA "
-    "needed ≈ 44 min to compile the fused train step (critic ×5 with gradient penalty + both "
-    "generators, im2col convs), then ran at 23–69 s/step; ≈ 20 of 400 steps were done at 03:00 UTC "
-    "(losses at step 10: critic 1.06, gen 0.72 → −0.15, cycle 0.96, lfc 0.031, guard flips 0). "
-    "That is not a trained denoiser, so no default weights are shipped "
-    "(`jaxdn denoise --method noise2atom` needs --weights).")
+    "Session 2 (2026-11-22): `jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_small` "
+    "(fastgrad convs, RMSProp 1e-4 no momentum, guard on unfiltered correlation), 800 steps, ~70 min wall on the "
+    "2-core CPU shared with a U-Net training; final eval corr(input, output) 0.18, guard flips 0. Weights copied to "
+    "jaxdn/weights/noise2atom.npz. At step 440 the output correlated 0.61 with the clean frame vs 0.54 for the "
+    "input (3 e- peak); the full quality table (CSS/PSNR vs Gaussian/F1) was NOT run on the final weights.")
 
 
 @dataclass(frozen=True)
