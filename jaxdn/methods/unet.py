@@ -99,14 +99,8 @@ def apply_frames(fn: Callable, data: np.ndarray, *, normalize: str = "minmax", t
         lo = x.min(axis=(1, 2), keepdims=True)
         span = np.maximum(x.max(axis=(1, 2), keepdims=True) - lo, np.float32(1e-12))
         x = (x - lo) / span
-    try:
-        from ..tiling import tiled_apply
-    except ImportError:  # tiling module not available: whole frames (the nets are fully convolutional)
-        tiled_apply = None
-    if tiled_apply is not None:
-        y = np.asarray(tiled_apply(fn, x, tile=tile, overlap=overlap, batch_size=batch_size))
-    else:
-        y = np.concatenate([np.asarray(fn(x[i:i + 1])) for i in range(x.shape[0])])
+    from ..tiling import tiled_apply
+    y = np.asarray(tiled_apply(fn, x, tile=tile, overlap=overlap, batch_size=batch_size))
     if normalize == "minmax":
         y = y * span + lo
     y = y.astype(np.float32)

@@ -148,7 +148,7 @@ def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):
     phases = []
     for a in (0, 1):
         for c in (0, 1):
-            phases.append(w[jnp.array([1 - a, 3 - a])][:, jnp.array([1 - c, 3 - c])])  # (2, 2, Cin, Cout)
+            phases.append(w[np.array([1 - a, 3 - a])][:, np.array([1 - c, 3 - c])])  # (2, 2, Cin, Cout)
     w2 = jnp.stack(phases, axis=3).reshape(2, 2, cin, 4 * cout)  # channel = phase * Cout + o
     y = conv2d(x, w2, None, pad=1, impl=impl, compute_dtype=compute_dtype)  # (N, H+1, W+1, 4 Cout)
     n, h1, w1, _ = y.shape
