@@ -294,6 +294,22 @@ def test_inversion_guard_detects_and_flips_an_inverted_generator(tiny):
     assert float(metrics["guard_flips"]) == 0.0
 
 
+def test_canonical_sign_flips_an_inverted_start_exactly(tiny):
+    T, cfg, gdefs, state, batch = tiny["T"], tiny["cfg"], tiny["gdefs"], tiny["state"], tiny["batch"]
+    gen_fn = lambda st: np.asarray(nnx.merge(gdefs[0], st["gen"][0])(batch["noisy"]))
+    out0 = gen_fn(state)
+    fixed, flipped = T.canonical_sign(cfg, gdefs[0], state, batch["noisy"])
+    assert flipped == (tiny["corr0"] < 0)
+    assert float(tiny["corr_fn"](fixed["gen"][0], batch["noisy"])) > 0
+    np.testing.assert_allclose(gen_fn(fixed), -out0 if flipped else out0, atol=1e-6)
+    again, flipped_again = T.canonical_sign(cfg, gdefs[0], fixed, batch["noisy"])
+    assert not flipped_again and again is fixed
+    gen, opt = T.flip_if(jnp.asarray(True), fixed["gen"], fixed["opt_gen"])  # an inverted start
+    back, flipped_back = T.canonical_sign(cfg, gdefs[0], dict(fixed, gen=gen, opt_gen=opt), batch["noisy"])
+    assert flipped_back
+    np.testing.assert_allclose(gen_fn(back), gen_fn(fixed), atol=1e-6)
+
+
 def test_flip_if_negates_exactly_the_targets(tiny):
     T, state = tiny["T"], tiny["state"]
     gen, opt = state["gen"], state["opt_gen"]
