@@ -2,6 +2,7 @@
 
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch]
+        (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
 `quality` calls `jaxdn.train.noise2atom.evaluate` (CSS vs the clean movie's own CSS, PSNR vs a
 Gaussian filter tuned on the same movie, atom-column F1 at 2 px, flat and gradient background) and
@@ -57,10 +58,18 @@ def _jax_step(variant: str, impl: str | None):
     return compiled, state, batch, t_compile, flops / 1e9
 
 
+PEER_VARIANTS = ("paper", "small")  # architectures benchmarks/peers/torch_noise2atom.py implements
+
+
 def _torch_step(variant: str, channels_last: bool, steps: int) -> dict:
+    """The PyTorch peer with the architecture, optimiser and low-pass of config `variant`."""
     import subprocess
+    from jaxdn.train.config import load_config
+    cfg = load_config(f"configs/noise2atom.py:{variant}")
     peer = Path(__file__).with_name("peers") / "torch_noise2atom.py"
-    cmd = [sys.executable, str(peer), "--variant", variant, "--steps", str(steps)] + (["--channels-last"] if channels_last else [])
+    cmd = [sys.executable, str(peer), "--variant", variant, "--steps", str(steps), "--lr", str(cfg.lr),
+           "--momentum", str(cfg.momentum), "--lowpass-size", str(cfg.lowpass_size),
+           "--lowpass-variance", str(cfg.lowpass_variance)] + (["--channels-last"] if channels_last else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -72,7 +81,7 @@ def speed(args) -> None:
     channels-last eager) interleaved round by round in the same run, plus the f32 matmul peak."""
     import jax
     from jaxdn.bench import matmul_peak
-    peak = matmul_peak(n=2048, dtype="float32", repeats=3)["flops_per_s"] / 1e9
+    peak = matmul_peak(n=2048, dtype="float32", repeats=3).get("flops_per_s", float("nan")) / 1e9
     print(json.dumps({"matmul_f32_gflop_s": peak}), flush=True)
     cases = []
     for spec in args.variants.split(","):
@@ -82,7 +91,7 @@ def speed(args) -> None:
                       "run": (compiled, state, batch), "times": []})
     peers = []
     if args.torch:
-        for variant in sorted({c["variant"] for c in cases}):
+        for variant in sorted({c["variant"] for c in cases} & set(PEER_VARIANTS)):
             for cl in (False, True):
                 peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}", "variant": variant,
                               "cl": cl, "times": []})

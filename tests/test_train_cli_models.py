@@ -1,4 +1,4 @@
-"""`jaxdn train` → resume → `jaxdn denoise --weights` → `jaxdn evaluate` for the supervised models, from the CLI.
+"""`jaxdn train` → resume → `jaxdn denoise --weights` → `jaxdn evaluate` for the trained models (U-Net, stripes, Noise2Atom), from the CLI.
 
 Tiny configs (a few steps on small shapes); what is checked: the weights file and logs exist, a
 second identical command resumes at the end and does not train again, a longer run continues from
@@ -15,6 +15,15 @@ import pytest
 import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_xla_cache(tmp_path_factory):
+    """The CLI enables a persistent XLA cache; keep it out of the user's ~/.cache during tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JAXDN_CACHE_DIR", str(tmp_path_factory.mktemp("xla_cache")))
+    yield
+    mp.undo()
 
 
 def _train(argv, capsys):

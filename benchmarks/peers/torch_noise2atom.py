@@ -110,6 +110,10 @@ def main():
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--momentum", type=float, default=0.9, help="RMSProp momentum (0: none)")
+    ap.add_argument("--lowpass-size", type=int, default=33)
+    ap.add_argument("--lowpass-variance", type=float, default=15.0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,11 +124,12 @@ def main():
     mf = torch.channels_last if args.channels_last else torch.contiguous_format
     for mdl in (s2c, c2s, critic):
         mdl.to(memory_format=mf)
-    r = torch.arange(33, dtype=torch.float32) - 16
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 30.0)
+    r = torch.arange(args.lowpass_size, dtype=torch.float32) - args.lowpass_size // 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * args.lowpass_variance))
     kern = (g / g.sum())[None, None]
-    opt_g = torch.optim.RMSprop(list(s2c.parameters()) + list(c2s.parameters()), lr=5e-5, alpha=0.9, momentum=0.9)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=5e-5, alpha=0.9, momentum=0.9)
+    opt_g = torch.optim.RMSprop(list(s2c.parameters()) + list(c2s.parameters()), lr=args.lr, alpha=0.9,
+                                momentum=args.momentum)
+    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr, alpha=0.9, momentum=args.momentum)
     b, c = v["batch"], v["crop"]
     s = (torch.rand(b, 1, c, c) * 2 - 1).to(memory_format=mf)
     clean = (torch.rand(b, 1, c, c) * 2 - 1).to(memory_format=mf)

@@ -488,7 +488,9 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
     # A ready state (NumPy-backed init, seconds) rather than the callable: `fit` would jit the
     # callable, and tracing falls back to jax.random initialisers (minutes of compile here).
     state0 = init_state()
-    if config.guard:  # a fresh start (fit ignores it when resuming) begins with the right sign
+    ckpt_dir = workdir / "checkpoints"
+    resuming = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    if config.guard and not resuming:  # a fresh start begins with the right sign
         state0, _ = canonical_sign(config, gdefs[0], state0, held)
     result = fit(init_state=state0, train_step=step, make_batch=make_batch, steps=config.steps,
                  workdir=workdir, config=config, seed=config.seed, eval_fn=eval_fn,
