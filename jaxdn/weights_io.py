@@ -85,3 +85,28 @@ def load_weights(path: str | os.PathLike, build: Callable[[], Any]):
 def shipped(name: str) -> Path:
     """Path of a weights file shipped inside the package (`jaxdn/weights/<name>`)."""
     return Path(__file__).parent / "weights" / name
+
+
+def resolve(weights, *, default_name: str, train_hint: str) -> Path:
+    """Path of the weights to use: None or "default" → the shipped `default_name`; a directory
+    (e.g. a training workdir) → its `default_name`, ``weights.npz`` or only ``.npz``; else the file.
+
+    Raises MethodNotAvailable (shipped file missing; the message says how to train it: `train_hint`)
+    or InputError (no such file / no weights in the directory).
+    """
+    from .errors import InputError, MethodNotAvailable
+    if weights is None or str(weights) == "default":
+        path = shipped(default_name)
+        if not path.is_file():
+            raise MethodNotAvailable(f"shipped weights {default_name} are missing in this installation; "
+                                     f"train them with: {train_hint}")
+        return path
+    path = Path(weights)
+    if path.is_dir():
+        for cand in (path / default_name, path / "weights.npz", *sorted(path.glob("*.npz"))):
+            if cand.is_file():
+                return cand
+        raise InputError(f"no .npz weights in directory {path}")
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    return path

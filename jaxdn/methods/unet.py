@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError, MethodNotAvailable
+from ..errors import InputError
 
 __all__ = ["denoise", "load_model", "weights_path", "apply_frames", "NOISE_MODELS"]
 
@@ -27,22 +27,8 @@ NOISE_MODELS = ("g", "sp", "gsp", "bbg")
 
 def weights_path(weights, *, default_name: str, train_hint: str) -> Path:
     """Resolve `weights` (None = shipped default, a .npz file, or a directory holding one)."""
-    from ..weights_io import shipped
-
-    if weights is None:
-        path = shipped(default_name)
-        if not path.is_file():
-            raise MethodNotAvailable(f"shipped weights {default_name} are missing; train them with: {train_hint}")
-        return path
-    path = Path(weights)
-    if path.is_dir():
-        for cand in (path / default_name, path / "weights.npz", *sorted(path.glob("*.npz"))):
-            if cand.is_file():
-                return cand
-        raise InputError(f"no .npz weights in directory {path}")
-    if not path.is_file():
-        raise InputError(f"weights file not found: {path}")
-    return path
+    from ..weights_io import resolve
+    return resolve(weights, default_name=default_name, train_hint=train_hint)
 
 
 @functools.lru_cache(maxsize=8)

@@ -29,7 +29,6 @@ inference alike, so background ramps never reach the generator (`preprocess`).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import sys
@@ -153,7 +152,6 @@ def graphdefs_and_init(config, *, init_nets=None):
 
 def clean_sampler(config):
     """``sample(key) -> (crop, crop)`` clean-domain image in [−1, 1]."""
-    import jax
     from ..simulate import atoms
     c = config.crop
     if config.clean_domain == "noise2atom":
@@ -389,22 +387,10 @@ def _init_nets_from(init, config):
 
 def resolve_weights(weights) -> Path:
     """None/"default" → shipped file; a workdir → its noise2atom.npz; else the path itself."""
-    from ..weights_io import shipped
-    if weights is None or str(weights) == "default":
-        p = shipped(WEIGHTS_NAME)
-        if not p.is_file():
-            from ..errors import MethodNotAvailable
-            raise MethodNotAvailable(
-                "no shipped noise2atom weights in this installation: train them with `jaxdn train noise2atom "
-                "--config configs/noise2atom.py:small --workdir runs/n2a` (or on your movie with --data MOVIE) "
-                "and pass --weights runs/n2a")
-        return p
-    p = Path(weights)
-    if p.is_dir():
-        p = p / WEIGHTS_NAME
-    if not p.is_file():
-        raise InputError(f"noise2atom weights not found: {weights}")
-    return p
+    from ..weights_io import resolve
+    return resolve(weights, default_name=WEIGHTS_NAME, train_hint=(
+        "`jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a` (or on your movie "
+        "with --data MOVIE) and pass --weights runs/n2a"))
 
 
 def _trio(config):
