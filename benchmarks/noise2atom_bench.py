@@ -1,6 +1,7 @@
 """Noise2Atom benchmark: quality on a simulated drifting low-dose movie and train-step speed.
 
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
+    python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
@@ -32,6 +33,31 @@ def quality(args) -> None:
               f"| {q['psnr_noisy']:.2f} | {q['psnr_gauss']:.2f} ({q['gauss_sigma']}) | {q['psnr_denoised']:.2f} "
               f"| {q['atoms_clean']['f1']:.3f} | {q['atoms_gauss']['f1']:.3f} | {q['atoms_denoised']['f1']:.3f} "
               f"| {q['atoms_gauss']['false_atoms_per_true']:.3f} | {q['atoms_denoised']['false_atoms_per_true']:.3f} |")
+
+
+def select(args) -> None:
+    """Pick the best of several weight snapshots on a *validation* movie (seed `--seed`, default 1;
+    the quality table uses seed 0): GAN training does not improve monotonically, so the shipped
+    weights are the snapshot with the best mean atom F1 (flat + gradient; PSNR breaks ties)."""
+    import shutil
+    from jaxdn.train.noise2atom import evaluate
+    from jaxdn.weights_io import read_meta
+    rows = []
+    for w in args.weights:
+        r = evaluate(weights=w, outdir=Path(args.outdir), frames=args.frames, peak_electrons=args.peak,
+                     seed=args.seed, quiet=True)
+        f1 = (r["flat"]["atoms_denoised"]["f1"] + r["gradient"]["atoms_denoised"]["f1"]) / 2
+        psnr = (r["flat"]["psnr_denoised"] + r["gradient"]["psnr_denoised"]) / 2
+        rows.append((f1, psnr, w, read_meta(w).get("step")))
+        print(json.dumps({"weights": w, "step": rows[-1][3], "mean_f1": f1, "mean_psnr": psnr}), flush=True)
+    print("\n| snapshot | step | mean F1 (flat, gradient) | mean PSNR dB |\n|---|---|---|---|")
+    for f1, psnr, w, step in rows:
+        print(f"| {Path(w).name} | {step} | {f1:.3f} | {psnr:.2f} |")
+    best = max(rows)
+    print(f"\nbest: {best[2]} (step {best[3]})")
+    if args.copy_to:
+        shutil.copyfile(best[2], args.copy_to)
+        print(f"copied to {args.copy_to}")
 
 
 def _jax_step(variant: str, impl: str | None):
@@ -132,13 +158,20 @@ def main(argv=None) -> int:
     q.add_argument("--peak", type=float, default=3.0)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--outdir", default="/tmp/n2a_eval")
+    se = sub.add_parser("select")
+    se.add_argument("weights", nargs="+")
+    se.add_argument("--frames", type=int, default=16)
+    se.add_argument("--peak", type=float, default=3.0)
+    se.add_argument("--seed", type=int, default=1, help="validation movie (the quality table uses seed 0)")
+    se.add_argument("--outdir", default="/tmp/n2a_select")
+    se.add_argument("--copy-to", default=None, help="copy the best snapshot here")
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     args = ap.parse_args(argv)
-    quality(args) if args.cmd == "quality" else speed(args)
+    {"quality": quality, "select": select, "speed": speed}[args.cmd](args)
     return 0
 
 

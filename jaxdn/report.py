@@ -30,6 +30,22 @@ def power_spectrum(img: np.ndarray) -> np.ndarray:
     return np.log10(np.abs(f) ** 2 + 1e-12)
 
 
+def on_input_scale(noisy: np.ndarray, denoised: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(denoised on the input's intensity scale, whether it had to be rescaled).
+
+    Scale-free outputs (Noise2Atom's atom map in [0, 1] for a frame of counts) are mapped with the
+    least-squares affine fit onto the input; outputs already on the input's scale (fit slope within
+    0.2 of 1, offset within 20 % of the input's range) are returned unchanged.
+    """
+    noisy = np.asarray(noisy, np.float64)
+    den = np.asarray(denoised, np.float64)
+    a, b = np.linalg.lstsq(np.stack([den.ravel(), np.ones(den.size)], 1), noisy.ravel(), rcond=None)[0]
+    span = float(np.ptp(noisy)) or 1.0
+    if abs(a - 1.0) > 0.2 or abs(b) > 0.2 * span:
+        return (a * den + b).astype(np.float32), True
+    return np.asarray(denoised, np.float32), False
+
+
 def save_report(path: str | os.PathLike, noisy: np.ndarray, denoised: np.ndarray, *,
                 pixel_size: float | None = None, unit: str | None = None, title: str = "") -> Path:
     """Write a 4-panel PNG for one frame (the first frame of a stack).
@@ -48,7 +64,8 @@ def save_report(path: str | os.PathLike, noisy: np.ndarray, denoised: np.ndarray
     denoised = np.asarray(denoised, np.float32)
     if noisy.ndim == 3:
         noisy, denoised = noisy[0], denoised[0]
-    residual = noisy - denoised
+    shown, rescaled = on_input_scale(noisy, denoised)
+    residual = noisy - shown
     h, w = noisy.shape
     def _unit(s):  # each half on its own log scale, so peaks show in both
         lo, hi = np.percentile(s, [5, 99.9])
@@ -60,8 +77,9 @@ def save_report(path: str | os.PathLike, noisy: np.ndarray, denoised: np.ndarray
     lo, hi = _display_range(noisy)
     panels = [
         (noisy, "noisy", dict(cmap="gray", vmin=lo, vmax=hi)),
-        (denoised, "denoised", dict(cmap="gray", vmin=lo, vmax=hi)),
-        (residual, "residual (noisy − denoised)", dict(cmap="RdBu_r", vmin=-np.abs(_display_range(residual)).max(),
+        (shown, "denoised (affinely rescaled to the input)" if rescaled else "denoised",
+         dict(cmap="gray", vmin=lo, vmax=hi)),
+        (residual, "residual (noisy − rescaled denoised)" if rescaled else "residual (noisy − denoised)", dict(cmap="RdBu_r", vmin=-np.abs(_display_range(residual)).max(),
                                                         vmax=np.abs(_display_range(residual)).max())),
         (spectrum, "power spectrum: noisy | denoised", dict(cmap="magma", vmin=0, vmax=1)),
     ]

@@ -229,3 +229,16 @@ def test_bundled_example_is_reproducible(tmp_path):
     shipped = io.read(batch.example_path())
     np.testing.assert_allclose(io.read(made).data, shipped.data, rtol=1e-5, atol=1e-4)
     assert shipped.pixel_size == pytest.approx(0.02) and shipped.data.shape == (4, 128, 128)
+
+
+def test_report_rescales_scale_free_outputs_only():
+    from jaxdn.report import on_input_scale
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 1, (32, 32)).astype(np.float32)
+    noisy = (1000 * clean + 200 + rng.normal(0, 20, clean.shape)).astype(np.float32)
+    shown, rescaled = on_input_scale(noisy, clean)          # an atom map in [0, 1]
+    assert rescaled
+    np.testing.assert_allclose(shown, 1000 * clean + 200, atol=5)
+    same = (1000 * clean + 200).astype(np.float32)          # already on the input's scale
+    shown, rescaled = on_input_scale(noisy, same)
+    assert not rescaled and np.array_equal(shown, same)
