@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     args = ap.parse_args(argv)
     rows = run(args.variant, args.seeds, args.steps)
-    print(f"\n| guard | runs | inverted at the end | of which undecided (abs corr < 0.05) | inverted at init "
+    print("\n| guard | runs | inverted at the end | of which undecided (abs corr < 0.05) | inverted at init "
           f"| mean corr at the end | guard flips (total) |")
     print("|---|---|---|---|---|---|---|")
     for guard in (False, True):
