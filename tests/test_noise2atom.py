@@ -310,17 +310,19 @@ def test_inversion_guard_detects_and_flips_an_inverted_generator(tiny):
 
 
 def test_canonical_sign_flips_an_inverted_start_exactly(tiny):
-    T, cfg, gdefs, state, batch = tiny["T"], tiny["cfg"], tiny["gdefs"], tiny["state"], tiny["batch"]
+    T, gdefs, state, batch = tiny["T"], tiny["gdefs"], tiny["state"], tiny["batch"]
     gen_fn = lambda st: np.asarray(nnx.merge(gdefs[0], st["gen"][0])(batch["noisy"]))
     out0 = gen_fn(state)
-    fixed, flipped = T.canonical_sign(cfg, gdefs[0], state, batch["noisy"])
+    corr = lambda st: float(tiny["corr_fn"](st["gen"][0], batch["noisy"]))
+    fixed, flipped = T.canonical_sign(state, corr(state))
     assert flipped == (tiny["corr0"] < 0)
     assert float(tiny["corr_fn"](fixed["gen"][0], batch["noisy"])) > 0
     np.testing.assert_allclose(gen_fn(fixed), -out0 if flipped else out0, atol=1e-6)
-    again, flipped_again = T.canonical_sign(cfg, gdefs[0], fixed, batch["noisy"])
+    again, flipped_again = T.canonical_sign(fixed, corr(fixed))
     assert not flipped_again and again is fixed
     gen, opt = T.flip_if(jnp.asarray(True), fixed["gen"], fixed["opt_gen"])  # an inverted start
-    back, flipped_back = T.canonical_sign(cfg, gdefs[0], dict(fixed, gen=gen, opt_gen=opt), batch["noisy"])
+    inverted = dict(fixed, gen=gen, opt_gen=opt)
+    back, flipped_back = T.canonical_sign(inverted, corr(inverted))
     assert flipped_back
     np.testing.assert_allclose(gen_fn(back), gen_fn(fixed), atol=1e-6)
 

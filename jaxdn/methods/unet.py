@@ -19,16 +19,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..weights_io import resolve as weights_path  # re-exported: None/'default', a .npz, or a folder
 
 __all__ = ["denoise", "load_model", "weights_path", "apply_frames", "NOISE_MODELS"]
 
 NOISE_MODELS = ("g", "sp", "gsp", "bbg")
-
-
-def weights_path(weights, *, default_name: str, train_hint: str) -> Path:
-    """Resolve `weights` (None = shipped default, a .npz file, or a directory holding one)."""
-    from ..weights_io import resolve
-    return resolve(weights, default_name=default_name, train_hint=train_hint)
 
 
 @functools.lru_cache(maxsize=8)

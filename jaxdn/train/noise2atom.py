@@ -344,17 +344,17 @@ def output_correlation(config, gdef_s2c, p_s2c, noisy):
     return jnp.mean(sign_correlation(noisy, out))
 
 
-def canonical_sign(config, gdef_s2c, state, noisy):
-    """Start with the right sign: flip a (fresh) state exactly if corr(s, M_s2c(s)) < 0 on `noisy`.
+def canonical_sign(state, corr: float):
+    """Start with the right sign: flip a (fresh) state exactly when its measured corr(s, M_s2c(s)) < 0.
 
     A random generator is as likely to start inverted as not (8 of 10 seeds of the tiny64 proxy
-    did); the flip is exact, so it costs nothing. Returns (state, flipped: bool).
+    did); the flip is exact, so it costs nothing. `corr`: `output_correlation` of the state on a few
+    training crops. Returns (state, flipped: bool).
     """
-    import jax
-    corr = float(jax.jit(lambda p: output_correlation(config, gdef_s2c, p, noisy))(state["gen"][0]))
-    if corr >= 0:
+    import jax.numpy as jnp
+    if float(corr) >= 0:
         return state, False
-    gen, opt = flip_if(jax.numpy.asarray(True), state["gen"], state["opt_gen"])
+    gen, opt = flip_if(jnp.asarray(True), state["gen"], state["opt_gen"])
     return {**state, "gen": gen, "opt_gen": opt}, True
 
 
@@ -477,7 +477,7 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
     ckpt_dir = workdir / "checkpoints"
     resuming = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
     if config.guard and not resuming:  # a fresh start begins with the right sign
-        state0, _ = canonical_sign(config, gdefs[0], state0, held)
+        state0, _ = canonical_sign(state0, eval_fn(state0, jax.random.key(0))["corr"])  # the eval's compile
     result = fit(init_state=state0, train_step=step, make_batch=make_batch, steps=config.steps,
                  workdir=workdir, config=config, seed=config.seed, eval_fn=eval_fn,
                  eval_every=config.eval_every, log_every=config.log_every,
