@@ -17,8 +17,8 @@ Faithful to the authors' public Keras code where the paper is vague:
 
 All modules are NHWC, float32 parameters; ``impl`` picks how convolutions are computed
 ("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul; "fastgrad": XLA
-convolutions whose gradients are also computed as forward convolutions — 3–9× faster per thin layer
-on CPU and 2.4× for the small config's whole train step, see `_padded_conv`) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
+convolutions whose gradients of every order are also forward convolutions, strided ones in
+space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
 everything else in float32). Neither changes the parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (the method runs tiles whose sides are multiples of 16).
 """
@@ -55,16 +55,17 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float
     Args:
       x: (N, H, W, Cin). w: (k, k, Cin, Cout). b: (Cout,) or None.
       stride: spatial stride. pad: zero padding per side.
-      impl: "xla", "im2col" or "fastgrad" (same result to float rounding; "fastgrad" applies to
-        stride-1 convs with 0 < pad ≤ k − 1 and falls back to "xla" otherwise).
+      impl: "xla", "im2col" or "fastgrad" (same result to float rounding; "fastgrad" covers
+        stride 1 and 2 with 0 ≤ pad ≤ k − 1 and falls back to "xla" otherwise).
     Returns:
       (N, (H + 2 pad − k) // stride + 1, same for W, Cout) float32.
     """
     k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
     xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
     if impl == "fastgrad":
-        if stride == 1 and 0 < pad <= k - 1:
-            return _padded_conv(xc, wc, pad).astype(jnp.float32) + (0.0 if b is None else b)
+        if stride in (1, 2) and 0 <= pad <= k - 1 and k > 1:
+            y = _padded_conv(xc, wc, pad) if stride == 1 else _stride2_conv(xc, wc, pad)
+            return y.astype(jnp.float32) + (0.0 if b is None else b)
         impl = "xla"
     if impl == "xla" or k == 1 and stride == 1:
         if k == 1 and stride == 1 and pad == 0:
@@ -98,20 +99,50 @@ def _xla_conv(x, w, pad):
                                         preferred_element_type=jnp.float32)
 
 
+def _xla_wgrad(x, g, pad):
+    """Filter gradient of `_xla_conv(x, ·, pad)` for output cotangent g: (k, k, Cin, Cout) float32.
+
+    A forward convolution of the padded input with channels as batch and the batch as input features.
+    """
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                      [(0, 0), (0, 0)], dimension_numbers=_DN,
+                                      preferred_element_type=jnp.float32)  # (Cin, k, k, Cout)
+    return dw.transpose(1, 2, 0, 3)
+
+
+def _flip_t(w):
+    """HWIO kernel → the kernel of the input gradient: spatially flipped, in/out swapped.
+
+    Written as a product with the anti-identity rather than `jnp.flip`: XLA folds a reverse next
+    to a convolution into the convolution (`rhs_reversal`), which XLA:CPU then runs on a generic
+    loop ~20x slower than its fast path (measured in the Noise2Atom train step); a tiny dot on the
+    kernel is not folded.
+    """
+    k = w.shape[0]
+    anti = jnp.asarray(np.eye(k, dtype=np.float32)[::-1], w.dtype)
+    return jnp.einsum("ai,bj,ijcd->abdc", anti, anti, w, precision=jax.lax.Precision.HIGHEST)
+
+
 @jax.custom_vjp
 def _padded_conv_impl(x, w, pad_arr):
     return _xla_conv(x, w, pad_arr.shape[0])
 
 
-def _padded_conv(x, w, pad: int):
-    """Stride-1 conv of NHWC `x` with HWIO `w`, zero padding `pad` (1 ≤ pad ≤ k − 1), custom gradient.
+@jax.custom_vjp
+def _wgrad_impl(x, g, pad_arr):
+    return _xla_wgrad(x, g, pad_arr.shape[0])
 
-    XLA:CPU differentiates a zero-padded convolution through a slow generic kernel (the filter
-    gradient of a 64²×16→8 9×9 conv takes 18× its forward pass). Here both gradients are plain
-    forward convolutions: ∂x = conv(g, flipped Wᵀ, padding k − 1 − pad), ∂W = conv of the padded input
-    with channels as batch and the batch as input features. Same values to float rounding; twice
-    differentiable (the gradient penalty needs that). `pad` travels as the length of a dummy array so
-    the custom VJP stays a pure function of arrays.
+
+def _padded_conv(x, w, pad: int):
+    """Stride-1 conv of NHWC `x` with HWIO `w`, zero padding `pad` (0 ≤ pad ≤ k − 1), custom gradient.
+
+    XLA:CPU differentiates convolutions through slow generic kernels (the filter gradient of a
+    64²×16→8 9×9 conv takes 18× its forward pass, the second derivatives the gradient penalty needs
+    are worse). Here every derivative, of any order, is one of two forward convolutions:
+    ∂x = conv(g, flipped Wᵀ, padding k − 1 − pad) and ∂W = `_xla_wgrad` (batch and channels swapped),
+    whose own derivatives are again these two (`_wgrad_impl`). Same values to float rounding. `pad`
+    travels as the length of a dummy array so the custom VJPs stay pure functions of arrays.
     """
     return _padded_conv_impl(x, w, jnp.zeros((pad,), x.dtype))
 
@@ -124,15 +155,48 @@ def _padded_conv_bwd(res, g):
     x, w, pad_arr = res
     pad, k = pad_arr.shape[0], w.shape[0]
     g = g.astype(x.dtype)
-    dx = _xla_conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), k - 1 - pad).astype(x.dtype)
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
-                                      [(0, 0), (0, 0)], dimension_numbers=_DN,
-                                      preferred_element_type=jnp.float32)  # (Cin, k, k, Cout)
-    return dx, dw.transpose(1, 2, 0, 3).astype(w.dtype), jnp.zeros_like(pad_arr)
+    dx = _padded_conv_impl(g, _flip_t(w), jnp.zeros((k - 1 - pad,), x.dtype)).astype(x.dtype)
+    dw = _wgrad_impl(x, g, pad_arr)
+    return dx, dw.astype(w.dtype), jnp.zeros_like(pad_arr)
+
+
+def _wgrad_fwd(x, g, pad_arr):
+    return _xla_wgrad(x, g, pad_arr.shape[0]), (x, g, pad_arr)
+
+
+def _wgrad_bwd(res, c):
+    # dW[a, i, o] = Σ x_pad[n, h + a, i] g[n, h, o]  ⇒  ∂g = conv(x, C, pad), ∂x = conv(g, flipped Cᵀ, k − 1 − pad).
+    x, g, pad_arr = res
+    pad, k = pad_arr.shape[0], c.shape[0]
+    c = c.astype(x.dtype)
+    dg = _padded_conv_impl(x, c, pad_arr).astype(g.dtype)
+    dx = _padded_conv_impl(g.astype(x.dtype), _flip_t(c), jnp.zeros((k - 1 - pad,), x.dtype)).astype(x.dtype)
+    return dx, dg, jnp.zeros_like(pad_arr)
 
 
 _padded_conv_impl.defvjp(_padded_conv_fwd, _padded_conv_bwd)
+_wgrad_impl.defvjp(_wgrad_fwd, _wgrad_bwd)
+
+
+def _stride2_conv(x, w, pad: int):
+    """Stride-2 conv (zero padding `pad`) as a stride-1 conv on the space-to-depth input.
+
+    XLA:CPU's gradients of strided convolutions are dilated convolutions that run at a few GFLOP/s;
+    here out[i] = Σ_a x[2i + a] w[a] becomes Σ_t X[i + t] W'[t] with X[m] = (x[2m], x[2m + 1]) and
+    W'[t] = (w[2t], w[2t + 1]) (zero beyond k), a ⌈k/2⌉-tap valid conv on 4·Cin channels whose
+    derivatives all go through `_padded_conv`. Same values to float rounding.
+    """
+    n, h, wd, cin = x.shape
+    k, cout = w.shape[0], w.shape[3]
+    ho, wo = (h + 2 * pad - k) // 2 + 1, (wd + 2 * pad - k) // 2 + 1
+    kk = (k + 1) // 2
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    x = jnp.pad(x, ((0, 0), (pad, pad + hp % 2), (pad, pad + wp % 2), (0, 0)))
+    hp, wp = x.shape[1] // 2, x.shape[2] // 2
+    xs = x.reshape(n, hp, 2, wp, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, 4 * cin)
+    wz = jnp.pad(w, ((0, 2 * kk - k), (0, 2 * kk - k), (0, 0), (0, 0)))
+    ws = wz.reshape(kk, 2, kk, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(kk, kk, 4 * cin, cout)
+    return _padded_conv(xs, ws, 0)[:, :ho, :wo]
 
 
 def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):

@@ -261,8 +261,11 @@ def make_train_step(config, gdefs, tx):
             updates, od = tx.update(grads, od, pd)
             return (optax.apply_updates(pd, updates), od), (loss, w, gp)
 
+        # Unrolled: XLA:CPU runs the convolutions inside a while loop about 3x slower than the
+        # same ops in straight-line code (measured: 5 critic updates 1.23 s in a loop, 0.40 s unrolled).
         (p_d, o_d), (d_loss, d_w, d_gp) = jax.lax.scan(
-            critic_update, (p_d, state["opt_critic"]), jax.random.split(k_critic, config.n_critic))
+            critic_update, (p_d, state["opt_critic"]), jax.random.split(k_critic, config.n_critic),
+            unroll=True)
 
         # 3. generators: α·W(−1, D(fake)) + β·cycle + lfc (+ guard)
         def gen_loss(fake, p_c2s, p_s2c):
