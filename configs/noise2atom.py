@@ -28,6 +28,13 @@ Variants:
              (pick among snapshots) python benchmarks/noise2atom_bench.py select runs/snaps/*.npz
 
            Record of the shipped run: see `SHIPPED_RUN` below.
+  clusters — `small` for nanoparticles / clusters on a support (e.g. the Pt-on-carbon frames of the
+           paper's demo data) rather than lattices: the paper's clean domain (random Gaussian atoms,
+           `simulate.atoms.noise2atom_clean`) and its 33×33, variance-15 low-pass. Train it on the
+           movie itself, from scratch:
+
+             jaxdn train noise2atom --config configs/noise2atom.py:clusters --data MOVIE --workdir runs/mine
+
   fast   — `small` with bfloat16 convolution inputs (parameters and accumulation float32).
   paper_fast — `paper` with im2col convolutions and bfloat16 inputs (same parameters as paper).
   tiny   — for tests: widths 8/8/8/8, 8-ch bottleneck, 1 residual block, 32² crops, batch 2.
@@ -123,6 +130,7 @@ def get_config(variant: str = "default") -> Config:
         "paper_fast": dataclasses.replace(paper, model=dataclasses.replace(
             paper.model, impl="im2col", compute_dtype="bfloat16")),
         "small": small,
+        "clusters": dataclasses.replace(small, clean_domain="noise2atom", lowpass_size=33, lowpass_variance=15.0),
         "fast": dataclasses.replace(small, model=dataclasses.replace(small.model, compute_dtype="bfloat16")),
         "tiny": dataclasses.replace(
             small,

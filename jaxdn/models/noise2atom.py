@@ -104,6 +104,11 @@ def _xla_wgrad(x, g, pad):
 
     A forward convolution of the padded input with channels as batch and the batch as input features.
     """
+    k = x.shape[1] + 2 * pad - g.shape[1] + 1
+    if 0 < pad == k - 1:
+        # A "full" conv (valid transposed conv): dW is the flipped transpose of the valid filter
+        # gradient with x and g swapped — no padded copy of x (measured ~7 % of the N2A step).
+        return _flip_t(_xla_wgrad(g, x, 0))
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                       [(0, 0), (0, 0)], dimension_numbers=_DN,
