@@ -108,6 +108,8 @@ class Config:
     guard: bool = False                     # inversion guard (hinge on input/output correlation + flip)
     guard_weight: float = 1.0
     guard_margin: float = 0.1
+    content_weight: float = 0.0             # direct low-frequency content term (losses.lowfreq_content); 0 = paper
+    select_best: bool = False               # simulated training: keep the snapshot with the best validation atom F1
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100
@@ -122,6 +124,7 @@ def get_config(variant: str = "default") -> Config:
         model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
                                   critic_widths=(16, 32, 32, 64), impl="fastgrad"),
         crop=64, steps=380, lr=1e-4, momentum=0.0, clean_domain="lattice", background_order=2, guard=True,
+        select_best=True,
         guard_margin=0.3, lowpass_size=13, lowpass_variance=4.0,
         log_every=5, eval_every=25, checkpoint_every=10)
     variants = {

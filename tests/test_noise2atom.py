@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -242,6 +243,21 @@ def test_simple_losses_against_numpy():
         np.testing.assert_allclose(corr[i], np.corrcoef(a[i].ravel(), (0.5 * a + b)[i].ravel())[0, 1], rtol=1e-4)
 
 
+def test_lowfreq_content_is_scale_free_and_sign_aware():
+    """1 − Pearson correlation of the low-passed images: 0 for any positive affine map of the input,
+    2 for a negative one, and NumPy's corrcoef on the SciPy-filtered images otherwise."""
+    rng = np.random.default_rng(1)
+    s, f = rng.normal(size=(2, 30, 30, 1)).astype(np.float32), rng.normal(size=(2, 30, 30, 1)).astype(np.float32)
+    lp = lambda z: m.lowpass(z, size=7, variance=3.0)
+    np.testing.assert_allclose(L.lowfreq_content(lp, s, 3.0 * s - 0.7), 0.0, atol=1e-5)
+    np.testing.assert_allclose(L.lowfreq_content(lp, s, -0.2 * s + 0.1), 2.0, atol=1e-5)
+    kern = m.lowpass_kernel(size=7, variance=3.0)
+    got = np.asarray(L.lowfreq_content(lp, s, f))
+    for i in range(2):
+        ls, lf = (signal.correlate2d(z[i, ..., 0], kern, mode="valid") for z in (s, f))
+        np.testing.assert_allclose(got[i], 1.0 - np.corrcoef(ls.ravel(), lf.ravel())[0, 1], rtol=1e-4, atol=1e-5)
+
+
 # ---- preprocessing -----------------------------------------------------------------------------------
 
 def test_remove_background_removes_quadratic_and_preprocess_range():
@@ -298,7 +314,7 @@ def test_train_step_changes_params_is_deterministic_and_traced_once(tiny):
     s2, m2 = step(state, batch, jax.random.key(7))
     s3, _ = step(s1, batch, jax.random.key(8))
     assert len(tiny["traces"]) == 1
-    for k in ("critic_loss", "gen_loss", "adv", "lfc", "cycle", "corr"):
+    for k in ("critic_loss", "gen_loss", "adv", "lfc", "cycle", "corr", "content"):
         assert np.isfinite(float(m1[k])), k
     l0, l1, l2 = (jax.tree.leaves(s["gen"]) for s in (state, s1, s2))
     assert all(np.array_equal(a, b) for a, b in zip(l1, l2))          # deterministic per key
@@ -306,6 +322,16 @@ def test_train_step_changes_params_is_deterministic_and_traced_once(tiny):
     c0, c1 = jax.tree.leaves(state["critic"]), jax.tree.leaves(s1["critic"])
     assert any(not np.array_equal(a, b) for a, b in zip(c0, c1))      # critic moved
     assert float(m1["guard_flips"]) in (0.0, 1.0)
+
+
+def test_content_term_adds_its_weighted_value_to_the_generator_loss(tiny):
+    T, cfg, gdefs, tx, state, batch = (tiny[k] for k in ("T", "cfg", "gdefs", "tx", "state", "batch"))
+    _, m0 = jax.jit(T.make_train_step(cfg, gdefs, tx))(state, batch, jax.random.key(5))
+    with_content = dataclasses.replace(cfg, content_weight=2.5)
+    _, m1 = jax.jit(T.make_train_step(with_content, gdefs, tx))(state, batch, jax.random.key(5))
+    assert float(m0["content"]) == 0.0 and 0.0 < float(m1["content"]) <= 2.0
+    np.testing.assert_allclose(float(m1["gen_loss"]) - float(m0["gen_loss"]), 2.5 * float(m1["content"]),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_inversion_guard_detects_and_flips_an_inverted_generator(tiny):
@@ -443,3 +469,26 @@ def test_shipped_weights_turn_a_low_dose_frame_into_an_atom_map():
     r_noisy = np.corrcoef(noisy.ravel(), clean.ravel())[0, 1]
     r_out = np.corrcoef(out.ravel(), clean.ravel())[0, 1]
     assert r_out > r_noisy > 0.0
+
+
+def test_simulated_training_ships_the_best_validation_snapshot(tmp_path):
+    """`select_best`: every evaluation scores the generator on the validation movie; the run's
+    noise2atom.npz is the best-scoring snapshot (metrics.jsonl agrees), the final state is kept as
+    noise2atom_last.npz, and a resume keeps the best score."""
+    from jaxdn.train import noise2atom as T
+    from jaxdn.train.config import load_config
+    from jaxdn.weights_io import read_meta
+    cfg = dataclasses.replace(load_config("configs/noise2atom.py:tiny"), steps=4, eval_every=2, select_best=True)
+    work = tmp_path / "sel"
+    T.train(cfg, workdir=work, quiet=True)
+    evals = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["kind"] == "eval" and "val_f1" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    best = max(evals, key=lambda e: (e["val_f1"], e["val_psnr"]))
+    record = json.loads((work / "best.json").read_text())
+    assert record["step"] == best["step"] and record["val_f1"] == pytest.approx(best["val_f1"])
+    shipped, last = read_meta(work / "noise2atom.npz"), read_meta(work / "noise2atom_last.npz")
+    assert shipped["step"] == best["step"] and "step" not in last
+    assert (work / "noise2atom.npz").read_bytes() == (work / "noise2atom_best.npz").read_bytes()
+    T.train(dataclasses.replace(cfg, steps=6), workdir=work, quiet=True)   # resume: best so far survives
+    assert json.loads((work / "best.json").read_text())["val_f1"] >= record["val_f1"]

@@ -274,8 +274,10 @@ def make_train_step(config, gdefs, tx):
             cyc = L.cycle_l1(c, G(g_s2c, p_s2c, G(g_c2s, p_c2s, c)))
             corr = L.sign_correlation(s, fake)
             guard = jnp.mean(jax.nn.relu(config.guard_margin - corr)) if config.guard else jnp.zeros(())
-            total = config.alpha * adv + config.beta * cyc + lfc + config.guard_weight * guard
-            return total, {"adv": adv, "lfc": lfc, "cycle": cyc, "corr": jnp.mean(corr)}
+            content = jnp.mean(L.lowfreq_content(lp, s, fake)) if config.content_weight else jnp.zeros(())
+            total = (config.alpha * adv + config.beta * cyc + lfc + config.guard_weight * guard
+                     + config.content_weight * content)
+            return total, {"adv": adv, "lfc": lfc, "cycle": cyc, "corr": jnp.mean(corr), "content": content}
 
         (g_total, aux), (g_fake, g_c2s_grad, g_s2c_cyc) = jax.value_and_grad(
             gen_loss, argnums=(0, 1, 2), has_aux=True)(fake, p_c2s, p_s2c)
@@ -359,6 +361,68 @@ def canonical_sign(state, corr: float):
         return state, False
     gen, opt = flip_if(jnp.asarray(True), state["gen"], state["opt_gen"])
     return {**state, "gen": gen, "opt_gen": opt}, True
+
+
+# ---- snapshot selection ------------------------------------------------------------------------------------
+
+class SnapshotSelector:
+    """Keep the best snapshot of a simulated-data run (GAN quality is not monotonic in the steps).
+
+    A `fit` hook: at every `eval_every`-th step and the last one it denoises a fixed validation movie
+    (seed 1001, `VAL_FRAMES` drifting 128² frames at 3 e⁻ peak, flat and with a background gradient
+    — not the seed-1000 test movie of `evaluate`), scores mean atom-column F1 (PSNR breaks ties) and,
+    when that beats the best so far, writes ``workdir/noise2atom_best.npz``; the best score survives
+    a resume in ``workdir/best.json``. `finish` makes the best snapshot the run's ``noise2atom.npz``
+    (the final state goes to ``noise2atom_last.npz``).
+    """
+
+    VAL_FRAMES = 8
+
+    def __init__(self, config, gdef_s2c, workdir: Path, meta: dict, *, steps: int):
+        import jax
+        from flax import nnx
+        self.config, self.workdir, self.meta, self.steps = config, Path(workdir), meta, int(steps)
+        self.best_path, self.record = self.workdir / "noise2atom_best.npz", self.workdir / "best.json"
+        self.movies = []
+        for bg in (0.0, 0.5):
+            clean, noisy, truth = simulated_movie(jax.random.key(1001), frames=self.VAL_FRAMES,
+                                                  peak_electrons=3.0, background=bg)
+            x = preprocess(noisy, background_order=config.background_order)[..., None]
+            self.movies.append((clean, x, truth))
+        self.apply = jax.jit(lambda p, x: (nnx.merge(gdef_s2c, p)(x)[..., 0] + 1.0) * 0.5)
+        self.best = json.loads(self.record.read_text()) if self.record.exists() else None
+        self.last: dict = {}
+
+    def score(self, p_s2c) -> dict:
+        """{"val_f1", "val_psnr"} of generator params on the validation movie (means over both)."""
+        f1s, psnrs = [], []
+        for clean, x, truth in self.movies:
+            den = np.clip(np.asarray(self.apply(p_s2c, x)), 0.0, 1.0)
+            f1s.append(_f1(den, truth)["f1"])
+            psnrs.append(_affine_psnr(den, clean))
+        return {"val_f1": float(np.mean(f1s)), "val_psnr": float(np.mean(psnrs))}
+
+    def __call__(self, step: int, state) -> None:
+        import jax
+        every = self.config.eval_every
+        if jax.process_index() != 0 or not ((every and step % every == 0) or step == self.steps):
+            return
+        s = self.score(state["gen"][0])
+        if self.best is None or (s["val_f1"], s["val_psnr"]) > (self.best["val_f1"], self.best["val_psnr"]):
+            export_weights(self.best_path, self.config, state, extra_meta={**self.meta, "step": step, **s})
+            self.best = {**s, "step": step}
+            self.record.write_text(json.dumps(self.best) + "\n")
+        self.last = {**s, "best_val_f1": self.best["val_f1"], "best_step": float(self.best["step"])}
+
+    def finish(self, state) -> bool:
+        """Write the final state to noise2atom_last.npz and the best snapshot to noise2atom.npz.
+        Returns False when there is no snapshot yet (the caller then exports the final state)."""
+        import shutil
+        export_weights(self.workdir / "noise2atom_last.npz", self.config, state, extra_meta=self.meta)
+        if not self.best_path.exists():
+            return False
+        shutil.copyfile(self.best_path, self.workdir / WEIGHTS_NAME)
+        return True
 
 
 # ---- train -------------------------------------------------------------------------------------------------
@@ -466,13 +530,21 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
     held = jnp.asarray(movie[: min(len(movie), 4), : config.crop, : config.crop, None])
 
     @jax.jit
-    def eval_fn(state, key):
+    def corr_fn(state, key):
         return {"corr": output_correlation(config, gdefs[0], state["gen"][0], held)}
 
+    def eval_fn(state, key):  # the selector (a hook) has scored this step just before
+        return {**corr_fn(state, key), **(selector.last if selector is not None else {})}
+
     weights = workdir / WEIGHTS_NAME
+    meta = {"data": source, "frames": int(movie.shape[0])}
+    selector = (SnapshotSelector(config, gdefs[0], workdir, meta, steps=config.steps)
+                if config.select_best and data is None and jax.process_count() == 1 else None)
 
     def export(state):
-        export_weights(weights, config, state, extra_meta={"data": source, "frames": int(movie.shape[0])})
+        if selector is not None and selector.finish(state):
+            return
+        export_weights(weights, config, state, extra_meta=meta)
 
     # A ready state (NumPy-backed init, seconds) rather than the callable: `fit` would jit the
     # callable, and tracing falls back to jax.random initialisers (minutes of compile here).
@@ -480,12 +552,13 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
     ckpt_dir = workdir / "checkpoints"
     resuming = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
     if config.guard and not resuming:  # a fresh start begins with the right sign
-        state0, _ = canonical_sign(state0, eval_fn(state0, jax.random.key(0))["corr"])  # the eval's compile
+        state0, _ = canonical_sign(state0, corr_fn(state0, jax.random.key(0))["corr"])  # the eval's compile
     result = fit(init_state=state0, train_step=step, make_batch=make_batch, steps=config.steps,
                  workdir=workdir, config=config, seed=config.seed, eval_fn=eval_fn,
                  eval_every=config.eval_every, log_every=config.log_every,
                  checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-                 export_fn=export, data={"frames": jnp.asarray(movie)}, quiet=quiet)
+                 export_fn=export, data={"frames": jnp.asarray(movie)}, quiet=quiet,
+                 hooks=() if selector is None else (selector,))
     return {**result.metrics, "steps_run": result.steps_run, "resumed_from": result.resumed_from,
             "weights": str(weights), "wall_s": time.perf_counter() - t0}
 

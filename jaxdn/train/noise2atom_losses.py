@@ -11,7 +11,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["wasserstein", "gradient_penalty", "interpolate", "cycle_l1", "lowfreq_cycle", "sign_correlation"]
+__all__ = ["wasserstein", "gradient_penalty", "interpolate", "cycle_l1", "lowfreq_cycle", "sign_correlation",
+           "lowfreq_content"]
 
 
 def wasserstein(labels, scores):
@@ -64,3 +65,14 @@ def sign_correlation(a, b):
     num = jnp.sum(a * b, axis=axes)
     den = jnp.sqrt(jnp.sum(a * a, axis=axes) * jnp.sum(b * b, axis=axes)) + 1e-12
     return num / den
+
+
+def lowfreq_content(lowpass: Callable, noisy, fake):
+    """Direct low-frequency content loss (beyond the paper), per sample → (N,) in [0, 2].
+
+    `1 − corr(M_s2b(s), M_s2b(M_s2c(s)))`: the atom map, blurred, must match the blurred noisy frame
+    up to an affine map (HAADF intensity is linear in the projected atoms; the generator's output
+    scale is free). L_lfc only asks this of the *cycled* frame, which M_c2s can satisfy whatever
+    the atom map shows; this ties the atom map itself to the data's low frequencies.
+    """
+    return 1.0 - sign_correlation(lowpass(noisy), lowpass(fake))
