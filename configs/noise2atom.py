@@ -11,10 +11,12 @@ Variants:
            critic 5× per batch, α = 5, β = 1, λ = 10, 2000 steps (≈ 100 epochs of 120 frames).
            No background removal, no inversion guard (the paper's behaviour).
   small  — the shipped default (`jaxdn/weights/noise2atom.npz`): widths 16/16/16/32, 32-ch
-           bottleneck, 2 residual blocks, 64² crops, "fastgrad" convolutions; inversion guard and
-           quadratic background removal on. Trained on simulated noisy STEM frames (HAADF lattices,
-           Poisson dose with 1.5–8 expected electrons at the brightest pixel + Gaussian detector
-           noise + a slow background gradient) with HAADF-lattice clean images as the clean domain.
+           bottleneck, 2 residual blocks, 64² crops, "fastgrad" convolutions; inversion guard,
+           quadratic background removal, the direct low-frequency content term (weight 5) and
+           best-snapshot selection on a simulated validation movie on. Trained on simulated noisy
+           STEM frames (HAADF lattices, Poisson dose with 1.5–8 expected electrons at the brightest
+           pixel + Gaussian detector noise + a slow background gradient) with HAADF-lattice clean
+           images as the clean domain.
            Two departures from the paper for lattices: M_s2b is a 13×13 Gaussian of variance 4
            (σ = 2 px) instead of 33×33, variance 15 — the paper's σ ≈ 3.9 px low-pass removes a
            7–14 px lattice entirely (transfer ≤ 0.2), so L_lfc then ties nothing but the background to
@@ -23,15 +25,15 @@ Variants:
            asks corr(input, output) ≥ 0.3 (a real atom map of a 3 e⁻ frame has ≈ 0.6):
 
              jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_small
-             cp runs/n2a_small/noise2atom.npz jaxdn/weights/noise2atom.npz
+             cp runs/n2a_small/noise2atom.npz jaxdn/weights/noise2atom.npz   # the best snapshot
              (a run cut short) python -m jaxdn.train.noise2atom export runs/n2a_small OUT.npz
-             (pick among snapshots) python benchmarks/noise2atom_bench.py select runs/snaps/*.npz
 
            Record of the shipped run: see `SHIPPED_RUN` below.
   clusters — `small` for nanoparticles / clusters on a support (e.g. the Pt-on-carbon frames of the
            paper's demo data) rather than lattices: the paper's clean domain (random Gaussian atoms,
-           `simulate.atoms.noise2atom_clean`) and its 33×33, variance-15 low-pass. Train it on the
-           movie itself, from scratch:
+           `simulate.atoms.noise2atom_clean`) and its 33×33, variance-15 low-pass, 380 steps, no
+           content term (as run on the Pt frame in benchmarks/results/noise2atom.md; the content
+           term was not tried there). Train it on the movie itself, from scratch:
 
              jaxdn train noise2atom --config configs/noise2atom.py:clusters --data MOVIE --workdir runs/mine
 
@@ -47,15 +49,15 @@ from typing import Literal
 
 # Record of the shipped run (command, wall time, final losses).
 SHIPPED_RUN = (
-    "Session 3 (2026-11-22): `jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_small2` "
-    "(then with steps=800; low-pass 13x13 variance 4, guard margin 0.3, fastgrad convs, RMSProp 1e-4 without "
-    "momentum), stopped at step 700. Quality rose to a peak near step 380 and fell after (the critic's Wasserstein "
-    "estimate kept growing): on a validation movie (seed 1, `benchmarks/noise2atom_bench.py select`) mean atom F1 was "
-    "0.945 at step 380, 0.915 at 520, 0.84 at 570, 0.74 at 600, 0.81 at 640, 0.71 at 680. The shipped "
-    "jaxdn/weights/noise2atom.npz is the step-380 checkpoint (`python -m jaxdn.train.noise2atom export`), so `small` "
-    "now stops at 380 steps. ~38 min wall to step 380 on the 2-core CPU (3.7 s/step alone), step-380 losses: "
-    "adv 9.8, cycle 0.30, lfc 0.026, corr(input, output) 0.29, guard flips 0. Test movie (seed 0, 3 e- peak): "
-    "atom F1 0.908 flat / 0.762 with a background gradient, PSNR 17.3 dB vs 22.1 dB for a tuned Gaussian "
+    "Session 4 (2026-12-01): `jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_c5` "
+    "(600 steps; low-pass 13x13 variance 4, guard margin 0.3, content_weight 5, select_best, fastgrad convs, "
+    "RMSProp 1e-4 without momentum), then `cp runs/n2a_c5/noise2atom.npz jaxdn/weights/noise2atom.npz`. "
+    "Wall 866 s on the 2-core CPU (other jobs on it part of the time; ~1.05 s/step alone). The selector's "
+    "validation movie (seed 1001, 8 frames, 3 e- peak, flat + gradient) rose to mean F1 0.956 by step 350 and stayed "
+    "at 0.95-0.96 up to 600 (PSNR 19.4-19.7 dB; without the content term, session 3, quality peaked near 380 and fell "
+    "after); the best snapshot is step 475 (val F1 0.959, PSNR 19.67 dB). Step-475 losses: adv 17.3, cycle 0.24, "
+    "lfc 0.018, content 0.18, corr(input, output) 0.40, guard flips 0. Test movie (seed 0, 3 e- peak): atom F1 "
+    "0.986 flat / 0.836 with a background gradient, PSNR 19.8 dB vs 22.1 dB for a tuned Gaussian "
     "(benchmarks/results/noise2atom.md).")
 
 
@@ -123,8 +125,8 @@ def get_config(variant: str = "default") -> Config:
         paper,
         model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
                                   critic_widths=(16, 32, 32, 64), impl="fastgrad"),
-        crop=64, steps=380, lr=1e-4, momentum=0.0, clean_domain="lattice", background_order=2, guard=True,
-        select_best=True,
+        crop=64, steps=600, lr=1e-4, momentum=0.0, clean_domain="lattice", background_order=2, guard=True,
+        select_best=True, content_weight=5.0,
         guard_margin=0.3, lowpass_size=13, lowpass_variance=4.0,
         log_every=5, eval_every=25, checkpoint_every=10)
     variants = {
@@ -133,7 +135,8 @@ def get_config(variant: str = "default") -> Config:
         "paper_fast": dataclasses.replace(paper, model=dataclasses.replace(
             paper.model, impl="im2col", compute_dtype="bfloat16")),
         "small": small,
-        "clusters": dataclasses.replace(small, clean_domain="noise2atom", lowpass_size=33, lowpass_variance=15.0),
+        "clusters": dataclasses.replace(small, clean_domain="noise2atom", lowpass_size=33, lowpass_variance=15.0,
+                                        content_weight=0.0, steps=380),
         "fast": dataclasses.replace(small, model=dataclasses.replace(small.model, compute_dtype="bfloat16")),
         "tiny": dataclasses.replace(
             small,

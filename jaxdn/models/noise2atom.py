@@ -18,7 +18,8 @@ Faithful to the authors' public Keras code where the paper is vague:
 All modules are NHWC, float32 parameters; ``impl`` picks how convolutions are computed
 ("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul; "fastgrad": XLA
 convolutions whose gradients of every order are also forward convolutions, strided ones in
-space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`) and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
+space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`)
+and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
 everything else in float32). Neither changes the parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (the method runs tiles whose sides are multiples of 16).
 """
@@ -117,16 +118,8 @@ def _xla_wgrad(x, g, pad):
 
 
 def _flip_t(w):
-    """HWIO kernel → the kernel of the input gradient: spatially flipped, in/out swapped.
-
-    Written as a product with the anti-identity rather than `jnp.flip`: XLA folds a reverse next
-    to a convolution into the convolution (`rhs_reversal`), which XLA:CPU then runs on a generic
-    loop ~20x slower than its fast path (measured in the Noise2Atom train step); a tiny dot on the
-    kernel is not folded.
-    """
-    k = w.shape[0]
-    anti = jnp.asarray(np.eye(k, dtype=np.float32)[::-1], w.dtype)
-    return jnp.einsum("ai,bj,ijcd->abdc", anti, anti, w, precision=jax.lax.Precision.HIGHEST)
+    """HWIO kernel → the kernel of the input gradient: spatially flipped, in/out swapped."""
+    return jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
 
 
 @jax.custom_vjp
@@ -170,13 +163,14 @@ def _wgrad_fwd(x, g, pad_arr):
 
 
 def _wgrad_bwd(res, c):
-    # dW[a, i, o] = Σ x_pad[n, h + a, i] g[n, h, o]  ⇒  ∂g = conv(x, C, pad), ∂x = conv(g, flipped Cᵀ, k − 1 − pad).
+    # dW[a, i, o] = Σ x_pad[n, h + a, i] g[n, h, o], so for a cotangent C of dW:
+    # ∂g = conv(x, C, pad) and ∂x = conv(g, flipped Cᵀ, k − 1 − pad).
     x, g, pad_arr = res
     pad, k = pad_arr.shape[0], c.shape[0]
     c = c.astype(x.dtype)
     dg = _padded_conv_impl(x, c, pad_arr).astype(g.dtype)
-    dx = _padded_conv_impl(g.astype(x.dtype), _flip_t(c), jnp.zeros((k - 1 - pad,), x.dtype)).astype(x.dtype)
-    return dx, dg, jnp.zeros_like(pad_arr)
+    dx = _padded_conv_impl(g.astype(x.dtype), _flip_t(c), jnp.zeros((k - 1 - pad,), x.dtype))
+    return dx.astype(x.dtype), dg, jnp.zeros_like(pad_arr)
 
 
 _padded_conv_impl.defvjp(_padded_conv_fwd, _padded_conv_bwd)

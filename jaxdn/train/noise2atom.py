@@ -23,6 +23,17 @@ A hinge `guard_weight · mean(relu(guard_margin − corr))` keeps it so, and if 
 leaves is reset. The metric ``guard_flips`` counts flips. A fresh run starts with the right sign
 (`canonical_sign`: the same exact flip applied to the initial state when its correlation is negative).
 
+Direct low-frequency content (beyond the paper, ``content_weight``): L_lfc only asks that the
+*cycled* frame M_c2s(M_s2c(s)) keeps the low frequencies of s, which M_c2s can satisfy whatever atom
+map M_s2c draws (session-2 weights drew a plausible lattice of their own). The optional term
+``content_weight · mean(1 − corr(M_s2b(s), M_s2b(M_s2c(s))))`` ties the atom map itself to the
+data: blurred, it must match the blurred noisy frame up to an affine map. It also penalises an
+inverted map (corr → −1).
+
+Snapshot selection (beyond the paper, ``select_best``, simulated training only): GAN quality is not
+monotonic in the steps, so `SnapshotSelector` scores the generator on a simulated validation movie
+at every evaluation and the run ships the best snapshot.
+
 Slow background (beyond the paper): with ``background_order`` set, a per-frame least-squares
 polynomial of that order is subtracted from every frame before min–max normalisation, in training and
 inference alike, so background ramps never reach the generator (`preprocess`).
