@@ -149,11 +149,16 @@ def _padded_conv_fwd(x, w, pad_arr):
     return _xla_conv(x, w, pad_arr.shape[0]), (x, w, pad_arr)
 
 
+def _input_grad(g, w, pad: int, dtype):
+    """∂x of `_xla_conv(x, w, pad)` for the output cotangent g: conv(g, flipped Wᵀ, k − 1 − pad)."""
+    dx = _padded_conv_impl(g.astype(dtype), _flip_t(w), jnp.zeros((w.shape[0] - 1 - pad,), dtype))
+    return dx.astype(dtype)
+
+
 def _padded_conv_bwd(res, g):
     x, w, pad_arr = res
-    pad, k = pad_arr.shape[0], w.shape[0]
     g = g.astype(x.dtype)
-    dx = _padded_conv_impl(g, _flip_t(w), jnp.zeros((k - 1 - pad,), x.dtype)).astype(x.dtype)
+    dx = _input_grad(g, w, pad_arr.shape[0], x.dtype)
     dw = _wgrad_impl(x, g, pad_arr)
     return dx, dw.astype(w.dtype), jnp.zeros_like(pad_arr)
 
@@ -166,11 +171,9 @@ def _wgrad_bwd(res, c):
     # dW[a, i, o] = Σ x_pad[n, h + a, i] g[n, h, o], so for a cotangent C of dW:
     # ∂g = conv(x, C, pad) and ∂x = conv(g, flipped Cᵀ, k − 1 − pad).
     x, g, pad_arr = res
-    pad, k = pad_arr.shape[0], c.shape[0]
     c = c.astype(x.dtype)
     dg = _padded_conv_impl(x, c, pad_arr).astype(g.dtype)
-    dx = _padded_conv_impl(g.astype(x.dtype), _flip_t(c), jnp.zeros((k - 1 - pad,), x.dtype))
-    return dx.astype(x.dtype), dg, jnp.zeros_like(pad_arr)
+    return _input_grad(g, c, pad_arr.shape[0], x.dtype), dg, jnp.zeros_like(pad_arr)
 
 
 _padded_conv_impl.defvjp(_padded_conv_fwd, _padded_conv_bwd)
