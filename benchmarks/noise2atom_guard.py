@@ -1,7 +1,7 @@
 """Noise2Atom inversion guard: how many of N seeds end with an inverted mapping, guard off vs on.
 
     python benchmarks/noise2atom_guard.py --variant tiny64 --seeds 10 --steps 150
-    python benchmarks/noise2atom_guard.py --variant small --seeds 10 --steps 200 --guard on
+    python benchmarks/noise2atom_guard.py --variant small --seeds 10 --steps 150 --guard on
 
 For each setting (guard off, guard on) the fused train step is compiled once and run from
 `--seeds` different initialisations (and batch/dropout keys) on the same simulated noisy movie

@@ -389,10 +389,10 @@ class SnapshotSelector:
 
     VAL_FRAMES = 8
 
-    def __init__(self, config, gdef_s2c, workdir: Path, meta: dict, *, steps: int):
+    def __init__(self, config, gdef_s2c, workdir: Path, meta: dict):
         import jax
         from flax import nnx
-        self.config, self.workdir, self.meta, self.steps = config, Path(workdir), meta, int(steps)
+        self.config, self.workdir, self.meta = config, Path(workdir), meta
         self.best_path, self.record = self.workdir / "noise2atom_best.npz", self.workdir / "best.json"
         self.movies = []
         for bg in (0.0, 0.5):
@@ -416,7 +416,7 @@ class SnapshotSelector:
     def __call__(self, step: int, state) -> None:
         import jax
         every = self.config.eval_every
-        if jax.process_index() != 0 or not ((every and step % every == 0) or step == self.steps):
+        if jax.process_index() != 0 or not ((every and step % every == 0) or step == self.config.steps):
             return
         s = self.score(state["gen"][0])
         if self.best is None or (s["val_f1"], s["val_psnr"]) > (self.best["val_f1"], self.best["val_psnr"]):
@@ -549,7 +549,7 @@ def train(config, *, workdir, quiet: bool = False, data=None, frames=None, init=
 
     weights = workdir / WEIGHTS_NAME
     meta = {"data": source, "frames": int(movie.shape[0])}
-    selector = (SnapshotSelector(config, gdefs[0], workdir, meta, steps=config.steps)
+    selector = (SnapshotSelector(config, gdefs[0], workdir, meta)
                 if config.select_best and data is None and jax.process_count() == 1 else None)
 
     def export(state):
