@@ -33,6 +33,22 @@ def quality(args) -> None:
               f"| {q['psnr_noisy']:.2f} | {q['psnr_gauss']:.2f} ({q['gauss_sigma']}) | {q['psnr_denoised']:.2f} "
               f"| {q['atoms_clean']['f1']:.3f} | {q['atoms_gauss']['f1']:.3f} | {q['atoms_denoised']['f1']:.3f} "
               f"| {q['atoms_gauss']['false_atoms_per_true']:.3f} | {q['atoms_denoised']['false_atoms_per_true']:.3f} |")
+    if "psnr_refined_frame" not in r["flat"]:
+        return
+    rows = (("N2A atom map (`refine=none`)", "denoised"), ("N2A + column fit (`refine=frame`)", "refined_frame"),
+            ("N2A + column tracks (`refine=movie`)", "refined_movie"),
+            ("peer: Gaussian filter", "gauss"), ("peer: Gaussian + column fit", "gauss_columns_frame"),
+            ("peer: Gaussian + column tracks", "gauss_columns_movie"),
+            ("peer: Gaussian, drift-registered mean over the same frames", "gauss_temporal"))
+    print("\n| output | background | PSNR dB | vs tuned Gaussian | CSS (clean) | F1 | false atoms/true |")
+    print("|---|---|---|---|---|---|---|")
+    for label, key in rows:
+        for name in ("flat", "gradient"):
+            q = r[name]
+            d = q[f"psnr_{key}"] - q["psnr_gauss"]
+            a = q[f"atoms_{key}"]
+            print(f"| {label} | {name} | {q[f'psnr_{key}']:.2f} | {d:+.2f} | {q[f'css_{key}']:.3f} ({q['css_clean']:.3f}) "
+                  f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} |")
 
 
 def select(args) -> None:

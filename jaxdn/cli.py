@@ -47,6 +47,11 @@ def _add_denoise(sub) -> None:
     p.add_argument("--patch-size", type=int, help="REUCID: odd patch size (default: from the PSF)")
     p.add_argument("--memory-budget", type=_size_bytes, help="memory budget, e.g. 2G (default: a safe fraction of free memory)")
     p.add_argument("--max-stacks", type=int, help="REUCID: stop after this many patch stacks (interim result)")
+    p.add_argument("--refine", choices=("none", "frame", "movie"),
+                   help="Noise2Atom: fit Gaussian columns to each input frame at the atom map's columns "
+                        "(output in the input's units, background removed); 'movie' also averages column "
+                        "tracks over neighbouring frames after drift correction (default: none, the atom map)")
+    p.add_argument("--track-window", type=int, help="Noise2Atom --refine movie: frames averaged on each side (default 2)")
     p.add_argument("--resume", action="store_true",
                    help="skip inputs whose output and sidecar exist for the same input (SHA-256) and method")
     p.add_argument("--batch-frames", type=int, help="frames per chunk when streaming stacks (default: from the memory budget)")
@@ -83,7 +88,8 @@ def _denoise_files(args) -> int:
         raise JaxdnError("--output takes a single input; use -o OUTDIR for several")
     outdir = Path(args.outdir)
     options = {k: v for k, v in (("patch_size", args.patch_size), ("memory_budget", args.memory_budget),
-                                 ("max_stacks", args.max_stacks)) if v is not None}
+                                 ("max_stacks", args.max_stacks), ("refine", args.refine),
+                                 ("track_window", args.track_window)) if v is not None}
     targets = [(p, Path(args.output) if args.output else batch.output_path_for(p, outdir)) for p in paths]
     # Refuse unavailable methods and clashing outputs before any work is done.
     from .api import method_function

@@ -6,6 +6,14 @@ tiles (`jaxdn.tiling.tiled_apply`: any frame size in bounded memory, tile sides 
 and maps its tanh output to [0, 1].
 The output is an *atom map* (clean-domain image: Gaussian columns on a dark background), not the
 input's intensity scale.
+
+``refine`` (beyond the paper) turns the atom map into a column model of the data itself: the map's
+columns (`metrics.find_atoms`) seed a least-squares fit of Gaussian columns to the *input* frame
+(`jaxdn.columns.fit_columns_stack`: positions, amplitudes, one probe σ per frame, polynomial
+background; columns the data does not support are dropped), and the output is the rendered columns
+in the input's units with the background removed. ``refine="movie"`` also averages each column's
+position and amplitude along its track over ±`track_window` frames after rigid drift correction
+(`columns.smooth_in_time`; columns that move more than σ between frames are not averaged).
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import numpy as np
 from ..errors import InputError
 
 MIN_SIZE = 16
+REFINE_MODES = ("none", "frame", "movie")
 
 
 @functools.lru_cache(maxsize=4)
@@ -51,7 +60,7 @@ def load_generator(weights=None):
 
 def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_size: int = 4,
             tile: int = 256, overlap: int = 32, background_order: int | str | None = "auto",
-            **options) -> np.ndarray:
+            refine: str = "none", track_window: int = 2, **options) -> np.ndarray:
     """Denoise (H, W) or (T, H, W) float32 frames with Noise2Atom.
 
     Args:
@@ -63,11 +72,19 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
       tile, overlap: frames larger than `tile` px are denoised in overlapping blended tiles
         (`jaxdn.tiling.tiled_apply`; bounded memory for any frame size, sharded over local devices).
       background_order: polynomial background removed before denoising; "auto" = as in training.
+      refine: "none" (the atom map), "frame" (Gaussian columns fitted to each input frame at the
+        map's columns) or "movie" ("frame" + column tracks averaged over ±`track_window` frames).
+      track_window: frames on each side averaged by refine="movie".
     Returns:
-      float32 array of the input's shape, the atom map in [0, 1].
+      float32 array of the input's shape: the atom map in [0, 1], or with `refine` the fitted
+      columns in the input's units (background removed).
     """
     if options:
         raise InputError(f"noise2atom: unknown options {', '.join(sorted(options))}")
+    if refine not in REFINE_MODES:
+        raise InputError(f"noise2atom: refine must be one of {', '.join(REFINE_MODES)}, got {refine!r}")
+    if int(track_window) < 0:
+        raise InputError(f"noise2atom: track_window must be >= 0, got {track_window}")
     arr = np.asarray(data, np.float32)
     if arr.ndim not in (2, 3):
         raise InputError(f"noise2atom expects (H, W) or (T, H, W), got shape {arr.shape}")
@@ -84,4 +101,24 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
     frames = preprocess(arr.reshape((-1, h, w)), background_order=order)
     out = tiled_apply(fn, frames, tile=int(tile), overlap=int(overlap), batch_size=max(1, int(batch_size)),
                       progress=progress)
-    return np.clip(out, 0.0, 1.0).reshape(arr.shape).astype(np.float32)
+    out = np.clip(out, 0.0, 1.0)
+    if refine != "none":
+        out = refine_columns(arr.reshape((-1, h, w)), out, mode=refine, track_window=int(track_window),
+                             background_order=2 if order is None else max(order, 0), progress=progress)
+    return out.reshape(arr.shape).astype(np.float32)
+
+
+def refine_columns(frames, atom_maps, *, mode: str = "frame", track_window: int = 2, background_order: int = 2,
+                   progress: bool = False) -> np.ndarray:
+    """(T, H, W) rendered Gaussian columns fitted to `frames` at the columns of `atom_maps` (see module doc).
+
+    frames: (T, H, W) input frames (any units); atom_maps: (T, H, W) Noise2Atom output in [0, 1].
+    Returns float32 (T, H, W) in the frames' units, background removed.
+    """
+    from .. import columns as C
+    from ..metrics import find_atoms
+    seeds = [find_atoms(m) for m in atom_maps]
+    fitted = C.fit_columns_stack(frames, seeds, background_order=background_order, progress=progress)
+    if mode == "movie" and len(fitted) > 1:
+        fitted = C.smooth_in_time(fitted, window=track_window, drift=C.movie_drift(atom_maps))
+    return np.stack([C.render_columns(c) for c in fitted])
