@@ -146,8 +146,22 @@ def fit_columns(frame, positions, **kwargs) -> Columns:
     return fit_columns_stack(img[None], [positions], **kwargs)[0]
 
 
+def _spans(n: int, tile: int, margin: int):
+    """[(window start, window length, core lo, core hi)] along one axis: windows of `tile` px whose
+    cores (the window less `margin` on inner sides) partition the axis; outer cores reach ±inf."""
+    if n <= tile:
+        return [(0, n, -np.inf, np.inf)]
+    core = tile - 2 * margin
+    starts = list(range(0, n, core))
+    out = []
+    for i, a in enumerate(starts):
+        ws = int(np.clip(a - margin, 0, n - tile))
+        out.append((ws, tile, -np.inf if i == 0 else a, np.inf if i == len(starts) - 1 else a + core))
+    return out
+
+
 def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters=150, min_rel_amplitude=0.3,
-                      min_distance=None, rounds=2, batch_size=8, progress=False) -> list[Columns]:
+                      min_distance=None, rounds=2, tile=512, progress=False) -> list[Columns]:
     """Fit Gaussian columns to every frame of a stack, each from its own start positions.
 
     Args:
@@ -155,20 +169,22 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
       positions: T arrays (N_t, 2) of start positions (row, col) px, e.g. `metrics.find_atoms` of
         the atom maps.
       sigma: start value of the probe σ in px.
-      background_order: degree of the polynomial background (0 = constant).
+      background_order: degree of the polynomial background (0 = constant; per window, see `tile`).
       iters: L-BFGS iterations per round.
       min_rel_amplitude: after each round but the last, columns with amplitude below this fraction
         of the frame's median amplitude are dropped (false columns: the data shows no column there).
       min_distance: of two columns that end up closer than this (px; default σ) the dimmer is dropped.
       rounds: fit → prune → fit ... rounds; the first fits σ (positions held at their start), the
-        others fit the positions (σ held). rounds=1 fits both.
-      batch_size: frames fitted together (one vmapped, jitted L-BFGS; bounds memory).
-      progress: progress bar over batches.
+        others fit the positions (σ held at the frame's value, capped at half the median
+        nearest-neighbour spacing of the columns: the model is one of resolved columns). rounds=1
+        fits both.
+      tile: frames larger than this (px) are fitted in overlapping windows of this size (bounded
+        memory; one compilation); each column belongs to the window whose core holds it, σ is the
+        frame's median over windows, and `Columns.background` is then only the median constant.
+      progress: progress bar over frames.
     Returns:
       T `Columns` in the frames' units (positions may lie just outside the frame).
     """
-    import jax.numpy as jnp
-    from scipy import ndimage
     from tqdm import tqdm
     imgs = np.asarray(frames, np.float64)
     if imgs.ndim != 3:
@@ -180,48 +196,100 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
     if float(sigma) <= 0:
         raise InputError(f"sigma must be positive, got {sigma}")
     t_n, h, w = imgs.shape
-    order, rounds = int(background_order), max(1, int(rounds))
     radius = int(np.ceil(4.0 * max(float(sigma), 2.5))) + 1
-    out: list[Columns] = []
-    for start in tqdm(range(0, t_n, batch_size), desc="column fit", unit="batch", disable=not progress):
-        chunk = imgs[start:start + batch_size]
-        lo = np.percentile(chunk, 1, axis=(1, 2))
-        hi = np.array([np.percentile(ndimage.gaussian_filter(f, 1.0), 99.9) for f in chunk])
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        y = (chunk - lo[:, None, None]) / scale[:, None, None]
-        smooth = np.stack([ndimage.gaussian_filter(f, 1.0) for f in y])
-        pos = [np.asarray(p, np.float64).reshape(-1, 2) for p in positions[start:start + batch_size]]
-        sig = np.full(len(chunk), float(sigma))
-        for rnd in range(rounds):
-            m = _bucket(max(len(p) for p in pos))
-            p0 = np.full((len(chunk), m, 2), -4.0 * radius, np.float32)   # padding: far outside, zero amplitude
-            a0 = np.zeros((len(chunk), m), np.float32)
-            mask = np.zeros((len(chunk), m), np.float32)
-            for i, p in enumerate(pos):
-                n = len(p)
-                p0[i, :n] = p
-                rr = np.clip(np.round(p[:, 0]).astype(int), 0, h - 1)
-                cc = np.clip(np.round(p[:, 1]).astype(int), 0, w - 1)
-                a0[i, :n] = np.maximum(smooth[i, rr, cc] - np.median(smooth[i]), 0.05)
-                mask[i, :n] = 1.0
-            # Round 1 fits σ with the columns held at their start (the atom map's positions); later
-            # rounds fit the positions at that σ. Fitting both at once on low-dose frames narrows σ
-            # (the positions chase the shot noise: 0.71 px for a true 1.07 px at 3 e⁻).
-            fit = _batched_fit((h, w), radius, order, int(iters), rnd > 0 or rounds == 1, rnd == 0)
-            pf, af, sf, bf, _ = fit(jnp.asarray(y, jnp.float32), jnp.asarray(p0), jnp.asarray(a0),
-                                    jnp.asarray(mask), jnp.asarray(sig, jnp.float32))
-            pf, af, sig, bf = (np.asarray(v, np.float64) for v in (pf, af, sf, bf))
-            amps = [af[i, :len(p)] for i, p in enumerate(pos)]
-            pos = [pf[i, :len(p)] for i, p in enumerate(pos)]
-            if rnd < rounds - 1:
-                keeps = [_prune(p, a, h, w, s, min_rel_amplitude, min_distance or s) for p, a, s in zip(pos, amps, sig)]
-                pos = [p[k] for p, k in zip(pos, keeps)]
-        for i in range(len(chunk)):
-            bg = bf[i] * scale[i]
-            bg[0, 0] += lo[i]
-            out.append(Columns(positions=pos[i], amplitudes=amps[i] * scale[i], sigma=float(sig[i]), background=bg,
-                               background_order=order, shape=(h, w)))
-    return out
+    margin = 3 * radius
+    if int(tile) < 4 * margin:
+        raise InputError(f"tile must be at least {4 * margin} px, got {tile}")
+    windows = [(r, c) for r in _spans(h, int(tile), margin) for c in _spans(w, int(tile), margin)]
+    opts = dict(sigma=float(sigma), order=int(background_order), iters=int(iters), min_rel=min_rel_amplitude,
+                min_distance=min_distance, rounds=max(1, int(rounds)), radius=radius)
+    return [_fit_frame(imgs[t], np.asarray(positions[t], np.float64).reshape(-1, 2), windows, **opts)
+            for t in tqdm(range(t_n), desc="column fit", unit="frame", disable=not progress)]
+
+
+def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sigma):
+    """Fit one window (h, w) from global-less local start positions (N, 2); returns (pos, amp, σ, bg)
+    in the window's coordinates and the image's units."""
+    import jax.numpy as jnp
+    from scipy import ndimage
+    h, w = img.shape
+    lo, hi = np.percentile(img, 1), np.percentile(ndimage.gaussian_filter(img, 1.0), 99.9)
+    scale = float(hi - lo) if hi > lo else 1.0
+    y = (img - lo) / scale
+    smooth = ndimage.gaussian_filter(y, 1.0)
+    n, m = len(pos), _bucket(len(pos))
+    p0 = np.full((1, m, 2), -4.0 * radius, np.float32)   # padding: far outside, zero amplitude
+    p0[0, :n] = pos
+    rr = np.clip(np.round(pos[:, 0]).astype(int), 0, h - 1)
+    cc = np.clip(np.round(pos[:, 1]).astype(int), 0, w - 1)
+    a0 = np.zeros((1, m), np.float32)
+    a0[0, :n] = np.maximum(smooth[rr, cc] - np.median(smooth), 0.05)
+    mask = np.zeros((1, m), np.float32)
+    mask[0, :n] = 1.0
+    fit = _batched_fit((h, w), radius, order, iters, free_positions, free_sigma)
+    pf, af, sf, bf, _ = fit(jnp.asarray(y[None], jnp.float32), jnp.asarray(p0), jnp.asarray(a0),
+                            jnp.asarray(mask), jnp.asarray([sig], jnp.float32))
+    bg = np.asarray(bf[0], np.float64) * scale
+    bg[0, 0] += lo
+    return (np.asarray(pf[0, :n], np.float64), np.asarray(af[0, :n], np.float64) * scale, float(sf[0]), bg)
+
+
+def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance, rounds, radius) -> Columns:
+    h, w = img.shape
+    sig = sigma
+    amp = np.zeros(0)
+    bgs = [np.zeros((order + 1, order + 1))]
+    for rnd in range(rounds):
+        # Round 1 fits σ with the columns held at their start (the atom map's positions); later
+        # rounds fit the positions at that σ. Fitting both at once on low-dose frames narrows σ
+        # (the positions chase the shot noise: 0.71 px for a true 1.07 px at 3 e⁻).
+        free_positions, free_sigma = rnd > 0 or rounds == 1, rnd == 0
+        new_pos, new_amp, sigs, counts, bgs = [], [], [], [], []
+        for (r0, th, rlo, rhi), (c0, tw, clo, chi) in windows:
+            # seeds in the window; a window on the frame's edge also takes seeds beyond that edge
+            inside = ((pos[:, 0] >= (r0 if r0 > 0 else -np.inf)) & (pos[:, 0] < (r0 + th if r0 + th < h else np.inf))
+                      & (pos[:, 1] >= (c0 if c0 > 0 else -np.inf)) & (pos[:, 1] < (c0 + tw if c0 + tw < w else np.inf)))
+            if not inside.any():
+                continue
+            p, a, s, bg = _fit_window(img[r0:r0 + th, c0:c0 + tw], pos[inside] - (r0, c0), sig, order=order,
+                                      iters=iters, radius=radius, free_positions=free_positions, free_sigma=free_sigma)
+            p = p + (r0, c0)
+            core = (p[:, 0] >= rlo) & (p[:, 0] < rhi) & (p[:, 1] >= clo) & (p[:, 1] < chi)
+            new_pos.append(p[core])
+            new_amp.append(a[core])
+            sigs.append(s)
+            counts.append(int(core.sum()))
+            bgs.append(bg)
+        if not new_pos:
+            pos, amp = np.zeros((0, 2)), np.zeros(0)
+            break
+        pos, amp = np.concatenate(new_pos), np.concatenate(new_amp)
+        if free_sigma:
+            sig = float(np.median(np.repeat(sigs, np.maximum(counts, 1))))
+            # resolved columns only: σ at most half the median nearest-neighbour spacing (on dense
+            # clusters the seeds are sparse and the free fit grows σ to cover them: 9.9 px on a Pt frame)
+            sig = min(sig, 0.5 * _median_spacing(pos, fallback=2 * sig))
+        if rnd < rounds - 1:
+            keep = _prune(pos, amp, h, w, sig, min_rel, min_distance or sig)
+            pos, amp = pos[keep], amp[keep]
+    positive = amp > 0          # a column is bright: a negative fit is a hole in the background, not a column
+    pos, amp = pos[positive], amp[positive]
+    if len(bgs) == 1:
+        bg = bgs[0]
+    else:
+        bg = np.zeros((order + 1, order + 1))
+        bg[0, 0] = float(np.median([b[0, 0] for b in bgs])) if bgs else 0.0
+    return Columns(positions=pos, amplitudes=amp, sigma=float(sig), background=bg, background_order=order,
+                   shape=(h, w))
+
+
+def _median_spacing(pos, *, fallback: float) -> float:
+    """Median nearest-neighbour distance of (N, 2) positions in px (`fallback` for fewer than 2)."""
+    if len(pos) < 2:
+        return float(fallback)
+    from scipy.spatial import cKDTree
+    d, _ = cKDTree(pos).query(pos, k=2)
+    return float(np.median(d[:, 1]))
 
 
 def _prune(pos, amp, h, w, sigma, min_rel, min_dist):

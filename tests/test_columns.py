@@ -156,3 +156,32 @@ def test_noise2atom_refine_improves_fidelity_on_a_simulated_movie():
     assert psnr["movie"] > psnr["frame"] + 1.0
     with pytest.raises(InputError, match="refine must be one of"):
         denoise(noisy, refine="lattice")
+
+
+def test_fit_in_windows_matches_the_whole_frame_fit():
+    """A frame fitted in overlapping windows (bounded memory) gives the same columns, each once."""
+    rng = np.random.default_rng(4)
+    shape = (200, 170)
+    truth = _grid(shape, 9.0, 3.0) + rng.uniform(-0.3, 0.3, (len(_grid(shape, 9.0, 3.0)), 2))
+    frame = 5 * _dense(truth, rng.uniform(0.6, 1.0, len(truth)), 1.7, shape) + 1.0 + rng.normal(0, 0.1, shape)
+    start = truth + rng.uniform(-0.5, 0.5, truth.shape)
+    whole = C.fit_columns(frame, start, background_order=0)
+    tiled = C.fit_columns(frame, start, background_order=0, tile=136)
+    assert len(C._spans(shape[0], 136, 36)) > 1 and len(C._spans(shape[1], 136, 36)) > 1
+    assert len(tiled.positions) == len(whole.positions) == len(truth)
+    d, j = __import__("scipy.spatial", fromlist=["cKDTree"]).cKDTree(whole.positions).query(tiled.positions)
+    assert d.max() < 0.05 and len(set(j)) == len(j)
+    np.testing.assert_allclose(tiled.amplitudes, whole.amplitudes[j], rtol=0.02)
+    assert abs(tiled.sigma - 1.7) < 0.03 and abs(whole.sigma - 1.7) < 0.03   # medians of window fits vs one fit
+
+
+def test_spans_partition_the_axis_with_fixed_windows():
+    for n, tile, margin in ((1000, 300, 40), (301, 300, 40), (250, 300, 40), (777, 200, 33)):
+        spans = C._spans(n, tile, margin)
+        pts = np.arange(-5, n + 5) + 0.5
+        owners = [sum((lo <= x < hi) for _, _, lo, hi in spans) for x in pts]
+        assert owners == [1] * len(pts)                               # every position in exactly one core
+        for ws, length, lo, hi in spans:
+            assert length == min(n, tile) and 0 <= ws and ws + length <= n
+            assert lo == -np.inf or lo - ws >= margin                 # cores keep a margin inside the window
+            assert hi == np.inf or ws + length - hi >= margin
