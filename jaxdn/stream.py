@@ -14,7 +14,8 @@ padded to the chunk size (last frame repeated, output cropped) so a method compi
 with no more frames than the chunk size is one call, exactly as without streaming. A method whose
 result for a frame depends on other frames (e.g. a parameter estimated from the whole stack) can
 fix such parameters for all chunks by defining, in its module,
-``stream_options(stack: io.LazyStack, options: dict) -> dict`` (options to use for every chunk).
+``stream_options(stack: io.LazyStack, options: dict[, weights=...]) -> dict`` (options to use for
+every chunk; it gets the run's `weights` when it names that parameter).
 
 Multi-process runs (``jaxdn denoise --coordinator ...``): with at least as many files as processes
 each process takes a contiguous share of the files; with fewer, every process streams its share of
@@ -393,7 +394,9 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
     read_frames = (_file_reader(lazy) if channel is None else None) or lazy.frames
     hook = _stream_options_hook(method)
     if hook is not None:
-        options = dict(hook(lazy, options))
+        import inspect
+        kw = {"weights": weights} if "weights" in inspect.signature(hook).parameters else {}
+        options = dict(hook(lazy, options, **kw))
     k = int(batch_frames) if batch_frames else frames_per_chunk(
         frame_shape, memory_budget=options.get("memory_budget"), n_frames=n)
     if k < 1:

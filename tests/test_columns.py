@@ -185,3 +185,26 @@ def test_spans_partition_the_axis_with_fixed_windows():
             assert length == min(n, tile) and 0 <= ws and ws + length <= n
             assert lo == -np.inf or lo - ws >= margin                 # cores keep a margin inside the window
             assert hi == np.inf or ws + length - hi >= margin
+
+
+def test_noise2atom_streamed_stack_matches_the_in_memory_result(tmp_path):
+    """A stack streamed in chunks of 2 frames is normalised with the whole stack's range
+    (`methods.noise2atom.stream_options`), so it equals the one-call result; without the hook each
+    chunk would get its own min–max."""
+    import jax
+    from jaxdn import api, batch
+    from jaxdn.methods import noise2atom as N
+    from jaxdn.train.noise2atom import simulated_movie
+    _, noisy, _ = simulated_movie(jax.random.key(3), frames=5, size=48, peak_electrons=3.0, background=0.5)
+    noisy = np.array(noisy)
+    noisy[3] *= 3.0                                       # one much brighter frame: chunk ranges differ
+    np.save(tmp_path / "movie.npy", noisy)
+    res = batch.denoise_file(tmp_path / "movie.npy", tmp_path / "out.npy", method="noise2atom", batch_frames=2)
+    assert res.streamed
+    whole = api.denoise(noisy, "noise2atom")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), whole, atol=1e-5)
+    chunked = np.concatenate([N.denoise(noisy[i:i + 2]) for i in range(0, 5, 2)])
+    assert np.abs(chunked - whole).max() > 1e-2           # the case the hook exists for
+    lo_hi = N.stream_options(__import__("jaxdn.io", fromlist=["open_lazy"]).open_lazy(tmp_path / "movie.npy"), {})
+    pre = __import__("jaxdn.train.noise2atom", fromlist=["remove_background"]).remove_background(noisy, order=2)
+    assert lo_hi["value_range"] == pytest.approx((float(pre.min()), float(pre.max())), rel=1e-6)

@@ -24,6 +24,7 @@ from ..errors import InputError
 
 MIN_SIZE = 16
 REFINE_MODES = ("none", "frame", "movie")
+STATS_CHUNK = 16   # frames read at a time by `stream_options`
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,9 +59,40 @@ def load_generator(weights=None):
     return _load(str(path.resolve()), path.stat().st_mtime)
 
 
+def stream_options(lazy, options, *, weights=None):
+    """Streamed stacks: fix the normalisation range of the whole stack for every chunk.
+
+    Inference min–max normalises the (background-removed) stack as a whole; a stack streamed in
+    chunks would otherwise get one range per chunk. One bounded-memory pass over the stack
+    (`STATS_CHUNK` frames at a time) gives ``value_range``.
+    """
+    options = dict(options)
+    if options.get("value_range") is None:
+        from ..train.noise2atom import remove_background
+        order = _background_order(options.get("background_order", "auto"), weights)
+        lo, hi = np.inf, -np.inf
+        for start in range(0, lazy.n_frames, STATS_CHUNK):
+            block = np.asarray(lazy.frames(start, start + STATS_CHUNK), np.float32)
+            block = block[np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)]
+            if not block.shape[0]:
+                continue
+            if order is not None:
+                block = remove_background(block, order=order)
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        if np.isfinite(lo) and np.isfinite(hi):
+            options["value_range"] = (lo, hi)
+    return options
+
+
+def _background_order(background_order, weights):
+    """The polynomial order to remove: "auto" = the one the weights were trained with (None: none)."""
+    order = load_generator(weights)[1].get("background_order") if background_order == "auto" else background_order
+    return None if order in (None, "none", "None") else int(order)
+
+
 def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_size: int = 4,
             tile: int = 256, overlap: int = 32, background_order: int | str | None = "auto",
-            refine: str = "none", track_window: int = 2, **options) -> np.ndarray:
+            refine: str = "none", track_window: int = 2, value_range=None, **options) -> np.ndarray:
     """Denoise (H, W) or (T, H, W) float32 frames with Noise2Atom.
 
     Args:
@@ -75,6 +107,8 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
       refine: "none" (the atom map), "frame" (Gaussian columns fitted to each input frame at the
         map's columns) or "movie" ("frame" + column tracks averaged over ±`track_window` frames).
       track_window: frames on each side averaged by refine="movie".
+      value_range: (lo, hi) of the background-removed input mapped to [−1, 1] (default: the stack's
+        own min and max; set by `stream_options` so that streamed chunks agree).
     Returns:
       float32 array of the input's shape: the atom map in [0, 1], or with `refine` the fitted
       columns in the input's units (background removed).
@@ -96,9 +130,8 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
     fn, meta = load_generator(weights)
     from ..tiling import tiled_apply
     from ..train.noise2atom import preprocess
-    order = meta.get("background_order") if background_order == "auto" else background_order
-    order = None if order in (None, "none", "None") else int(order)
-    frames = preprocess(arr.reshape((-1, h, w)), background_order=order)
+    order = _background_order(background_order, weights)
+    frames = preprocess(arr.reshape((-1, h, w)), background_order=order, value_range=value_range)
     out = tiled_apply(fn, frames, tile=int(tile), overlap=int(overlap), batch_size=max(1, int(batch_size)),
                       progress=progress)
     out = np.clip(out, 0.0, 1.0)

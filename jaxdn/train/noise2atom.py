@@ -82,17 +82,20 @@ def remove_background(frames: np.ndarray, *, order: int) -> np.ndarray:
     return (frames - bg).astype(np.float32)
 
 
-def preprocess(frames: np.ndarray, *, background_order: int | None) -> np.ndarray:
-    """(T, H, W) raw frames → (T, H, W) float32 in [−1, 1] (background removal, then min–max of the stack)."""
+def preprocess(frames: np.ndarray, *, background_order: int | None, value_range=None) -> np.ndarray:
+    """(T, H, W) raw frames → (T, H, W) float32 in [−1, 1] (background removal, then min–max of the stack).
+
+    value_range: (lo, hi) to map to [−1, 1] instead of the stack's own min and max (values outside
+    are clipped); used when a stack is processed in chunks."""
     frames = np.asarray(frames, np.float32)
     if frames.ndim == 2:
         frames = frames[None]
     if background_order is not None:
         frames = remove_background(frames, order=int(background_order))
-    lo, hi = float(frames.min()), float(frames.max())
+    lo, hi = (float(frames.min()), float(frames.max())) if value_range is None else map(float, value_range)
     if not hi > lo:
         return np.zeros_like(frames)
-    return (2.0 * (frames - lo) / (hi - lo) - 1.0).astype(np.float32)
+    return np.clip(2.0 * (frames - lo) / (hi - lo) - 1.0, -1.0, 1.0).astype(np.float32)
 
 
 # ---- models & optimizers --------------------------------------------------------------------------
