@@ -1,6 +1,7 @@
 """Noise2Atom benchmark: quality on a simulated drifting low-dose movie and train-step speed.
 
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
+    python benchmarks/noise2atom_bench.py ceiling [--frames 8] [--peak 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
@@ -49,6 +50,40 @@ def quality(args) -> None:
             a = q[f"atoms_{key}"]
             print(f"| {label} | {name} | {q[f'psnr_{key}']:.2f} | {d:+.2f} | {q[f'css_{key}']:.3f} ({q['css_clean']:.3f}) "
                   f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} |")
+
+
+def ceiling(args) -> None:
+    """Per-frame PSNR ceiling of a column model: the test movie fitted with the *true* column
+    positions (every column, also those just outside the frame) and the true σ (grid-searched),
+    only the amplitudes and a polynomial background free (linear least squares, NumPy). What a
+    per-frame column fit could reach with exact positions."""
+    import jax
+    import numpy as np
+    from scipy import ndimage
+    from jaxdn.simulate import atoms
+    from jaxdn.train.noise2atom import _affine_psnr, simulated_movie
+    key = jax.random.key(1000 + args.seed)
+    _, pos, _ = atoms.drift_movie(jax.random.split(key, 3)[0], frames=args.frames, size=128)
+    pos = np.asarray(pos)
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float64)
+    y = np.linspace(-1, 1, 128)[:, None] * np.ones((1, 128))
+    x = np.ones((128, 1)) * np.linspace(-1, 1, 128)[None]
+    bg = np.stack([(y ** i * x ** j).ravel() for i in range(3) for j in range(3 - i)])
+    print("| background | tuned Gaussian dB | true-position ceiling dB (σ px) |\n|---|---|---|")
+    for name, strength in (("flat", 0.0), ("gradient", 0.5)):
+        clean, noisy, _ = simulated_movie(key, frames=args.frames, peak_electrons=args.peak, background=strength)
+        gauss = max(_affine_psnr(ndimage.gaussian_filter(noisy, (0, s, s)), clean) for s in (1.0, 1.25, 1.5, 2.0, 2.5))
+        best = (-np.inf, None)
+        for sig in np.arange(1.0, 2.61, 0.1):
+            out = []
+            for t in range(args.frames):
+                p = pos[t][np.all(np.abs(pos[t] - 63.5) < 64 + 12, axis=1)]
+                g = np.exp(-((yy[None] - p[:, 0, None, None]) ** 2 + (xx[None] - p[:, 1, None, None]) ** 2)
+                           / (2 * sig ** 2)).reshape(len(p), -1)
+                coef = np.linalg.lstsq(np.concatenate([g, bg]).T, noisy[t].ravel(), rcond=None)[0]
+                out.append((g.T @ coef[:len(p)]).reshape(128, 128))
+            best = max(best, (_affine_psnr(np.array(out), clean), round(float(sig), 1)))
+        print(f"| {name} | {gauss:.2f} | {best[0]:.2f} ({best[1]}) |", flush=True)
 
 
 def select(args) -> None:
@@ -181,13 +216,17 @@ def main(argv=None) -> int:
     se.add_argument("--seed", type=int, default=1, help="validation movie (the quality table uses seed 0)")
     se.add_argument("--outdir", default="/tmp/n2a_select")
     se.add_argument("--copy-to", default=None, help="copy the best snapshot here")
+    c = sub.add_parser("ceiling")
+    c.add_argument("--frames", type=int, default=8)
+    c.add_argument("--peak", type=float, default=3.0)
+    c.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     args = ap.parse_args(argv)
-    {"quality": quality, "select": select, "speed": speed}[args.cmd](args)
+    {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling}[args.cmd](args)
     return 0
 
 
