@@ -208,3 +208,28 @@ def test_noise2atom_streamed_stack_matches_the_in_memory_result(tmp_path):
     lo_hi = N.stream_options(__import__("jaxdn.io", fromlist=["open_lazy"]).open_lazy(tmp_path / "movie.npy"), {})
     pre = __import__("jaxdn.train.noise2atom", fromlist=["remove_background"]).remove_background(noisy, order=2)
     assert lo_hi["value_range"] == pytest.approx((float(pre.min()), float(pre.max())), rel=1e-6)
+
+
+def test_cli_refine_writes_columns_in_input_units_and_records_the_option(tmp_path, capsys):
+    """`jaxdn denoise -m noise2atom --refine movie`: calibrated output of the input's shape whose
+    values are the fitted columns (input units, so the peak is near the input's column peaks), the
+    option in the sidecar; `--refine` on a method without it is refused in one line."""
+    import json
+    import jax
+    from jaxdn import cli, io
+    from jaxdn.train.noise2atom import simulated_movie
+    clean, noisy, _ = simulated_movie(jax.random.key(11), frames=3, size=48, peak_electrons=5.0)
+    src = io.write(tmp_path / "movie.tif", io.Image(data=np.asarray(noisy, np.float32), pixel_size=0.02, unit="nm",
+                                                     metadata={}, source=None))
+    out = tmp_path / "out.tif"
+    assert cli.main(["denoise", "-m", "noise2atom", "--refine", "movie", "--track-window", "1", "-q",
+                     "--output", str(out), str(src)]) == 0
+    img = io.read(out)
+    assert img.data.shape == noisy.shape and img.pixel_size == pytest.approx(0.02) and img.unit == "nm"
+    assert np.all(img.data >= 0) and 0.3 < img.data.max() / np.percentile(noisy, 99.9) < 2.0
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    params = sidecar["provenance"]["parameters"]
+    assert params["refine"] == "movie" and params["track_window"] == 1 and len(params["value_range"]) == 2
+    capsys.readouterr()
+    assert cli.main(["denoise", "-m", "reucid", "--refine", "frame", "-q", "-o", str(tmp_path / "r"), str(src)]) == 2
+    assert "does not apply to method 'reucid'" in capsys.readouterr().err
