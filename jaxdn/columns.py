@@ -118,19 +118,14 @@ def _fit(y, pos0, amp0, mask, sigma0, *, shape, radius, order, iters, free_posit
 
 
 @functools.lru_cache(maxsize=8)
-def _batched_fit(shape, radius, order, iters, free_positions, free_sigma):
-    """Jitted `_fit` over a batch of frames (cached: one compilation per frame shape and column bucket).
+def _jitted_fit(shape, radius, order, iters, free_positions, free_sigma):
+    """Jitted `_fit` for one window shape (cached: one compilation per shape and column bucket).
 
-    A Python map over the batch, not `vmap`: L-BFGS's line search is a while loop, and vmapped it
-    runs every frame for as long as the slowest (measured 2.5-4x slower on 16 frames of 128²)."""
+    Frames are fitted one after another, not vmapped: L-BFGS's line search is a while loop, and
+    vmapped it runs every frame for as long as the slowest (measured 2.5-4x slower on 16 frames of 128²)."""
     import jax
-    one = jax.jit(functools.partial(_fit, shape=shape, radius=radius, order=order, iters=iters,
-                                    free_positions=free_positions, free_sigma=free_sigma))
-
-    def fit(y, p0, a0, mask, sig):
-        res = [one(*args) for args in zip(y, p0, a0, mask, sig)]
-        return tuple(jax.numpy.stack(v) for v in zip(*res))
-    return fit
+    return jax.jit(functools.partial(_fit, shape=shape, radius=radius, order=order, iters=iters,
+                                     free_positions=free_positions, free_sigma=free_sigma))
 
 
 def _bucket(n: int) -> int:
@@ -208,8 +203,8 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
 
 
 def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sigma):
-    """Fit one window (h, w) from global-less local start positions (N, 2); returns (pos, amp, σ, bg)
-    in the window's coordinates and the image's units."""
+    """Fit one (h, w) window from start positions (N, 2) in window coordinates; returns
+    (pos, amp, σ, bg) in window coordinates and the image's units."""
     import jax.numpy as jnp
     from scipy import ndimage
     h, w = img.shape
@@ -218,20 +213,20 @@ def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sig
     y = (img - lo) / scale
     smooth = ndimage.gaussian_filter(y, 1.0)
     n, m = len(pos), _bucket(len(pos))
-    p0 = np.full((1, m, 2), -4.0 * radius, np.float32)   # padding: far outside, zero amplitude
-    p0[0, :n] = pos
+    p0 = np.full((m, 2), -4.0 * radius, np.float32)   # padding: far outside, zero amplitude
+    p0[:n] = pos
     rr = np.clip(np.round(pos[:, 0]).astype(int), 0, h - 1)
     cc = np.clip(np.round(pos[:, 1]).astype(int), 0, w - 1)
-    a0 = np.zeros((1, m), np.float32)
-    a0[0, :n] = np.maximum(smooth[rr, cc] - np.median(smooth), 0.05)
-    mask = np.zeros((1, m), np.float32)
-    mask[0, :n] = 1.0
-    fit = _batched_fit((h, w), radius, order, iters, free_positions, free_sigma)
-    pf, af, sf, bf, _ = fit(jnp.asarray(y[None], jnp.float32), jnp.asarray(p0), jnp.asarray(a0),
-                            jnp.asarray(mask), jnp.asarray([sig], jnp.float32))
-    bg = np.asarray(bf[0], np.float64) * scale
+    a0 = np.zeros(m, np.float32)
+    a0[:n] = np.maximum(smooth[rr, cc] - np.median(smooth), 0.05)
+    mask = np.zeros(m, np.float32)
+    mask[:n] = 1.0
+    fit = _jitted_fit((h, w), radius, order, iters, free_positions, free_sigma)
+    pf, af, sf, bf, _ = fit(jnp.asarray(y, jnp.float32), jnp.asarray(p0), jnp.asarray(a0), jnp.asarray(mask),
+                            jnp.float32(sig))
+    bg = np.asarray(bf, np.float64) * scale
     bg[0, 0] += lo
-    return (np.asarray(pf[0, :n], np.float64), np.asarray(af[0, :n], np.float64) * scale, float(sf[0]), bg)
+    return np.asarray(pf[:n], np.float64), np.asarray(af[:n], np.float64) * scale, float(sf), bg
 
 
 def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance, rounds, radius) -> Columns:
