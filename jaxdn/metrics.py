@@ -9,7 +9,8 @@ the result has the leading shape (a scalar for a single image).
 * :func:`css` is the Noise2Atom paper's consecutive-frame structural similarity (eq. 10).
 * :func:`ief` / :func:`edited_ief` are the (REUCID paper's edited) image enhancement factor.
 * :func:`find_atoms` / :func:`atom_f1` locate atomic columns and score them against known positions
-  (NumPy; not jit-able).
+  (NumPy; not jit-able); :func:`column_consistency` scores a movie without ground truth: do the
+  columns of consecutive frames match after drift correction.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "edited_ief",
     "find_atoms",
     "atom_f1",
+    "column_consistency",
     "MS_SSIM_WEIGHTS",
 ]
 
@@ -365,3 +367,35 @@ def atom_f1(found, truth, *, tolerance=2.0):
     recall = matches / m if m else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return float(precision), float(recall), float(f1)
+
+
+def column_consistency(movie, *, tolerance=2.0, margin=4, **find_kwargs):
+    """Atom-column consistency of a (denoised) movie without ground truth.
+
+    Columns are found in every frame (:func:`find_atoms`, `find_kwargs`), consecutive frames are
+    registered by phase correlation (`jaxdn.columns.movie_drift`), and frame t's columns, shifted by
+    the drift, are matched to frame t + 1's (:func:`atom_f1` at `tolerance` px; columns within
+    `margin` px of the border are left out, they may drift out of view).
+
+    Args:
+      movie: (T, H, W) with T ≥ 2.
+    Returns:
+      {"f1": mean F1 over the T − 1 pairs, "columns_per_frame": mean number of columns found}.
+      A frame without columns scores 0 against any frame (a constant output is not consistent).
+    """
+    from .columns import movie_drift
+    m = np.asarray(movie, np.float64)
+    if m.ndim != 3 or m.shape[0] < 2:
+        raise ValueError(f"column_consistency expects (T, H, W) with T >= 2, got shape {m.shape}")
+    h, w = m.shape[1:]
+    found = [find_atoms(f, **find_kwargs) for f in m]
+    drift = movie_drift(m)
+
+    def inside(p):
+        return p[np.all((p >= margin) & (p <= np.array([h, w]) - 1 - margin), axis=1)]
+
+    scores = []
+    for t in range(len(m) - 1):
+        a, b = inside(found[t] + (drift[t + 1] - drift[t])), inside(found[t + 1])
+        scores.append(atom_f1(a, b, tolerance=tolerance)[2] if len(a) and len(b) else 0.0)
+    return {"f1": float(np.mean(scores)), "columns_per_frame": float(np.mean([len(f) for f in found]))}

@@ -233,3 +233,19 @@ def test_cli_refine_writes_columns_in_input_units_and_records_the_option(tmp_pat
     capsys.readouterr()
     assert cli.main(["denoise", "-m", "reucid", "--refine", "frame", "-q", "-o", str(tmp_path / "r"), str(src)]) == 2
     assert "does not apply to method 'reucid'" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_users_movie_reports_css_beside_column_consistency(tmp_path):
+    """`evaluate(data=...)` without ground truth: CSS and the column consistency of consecutive
+    frames, for the atom map and both refinements; the refined tracks are at least as consistent."""
+    import jax
+    from jaxdn.train.noise2atom import evaluate, simulated_movie
+    _, noisy, _ = simulated_movie(jax.random.key(5), frames=4, size=64, peak_electrons=5.0)
+    np.save(tmp_path / "movie.npy", noisy)
+    r = evaluate(data=tmp_path / "movie.npy", outdir=tmp_path / "ev", quiet=True, refine=True)
+    for key in ("", "_refined_frame", "_refined_movie"):
+        c = r[f"column_consistency{key}"]
+        assert 0.5 < c["f1"] <= 1.0 and c["columns_per_frame"] > 10
+        assert 0.0 < r[f"css{key if key else '_denoised'}"] <= 1.0
+    assert r["column_consistency_refined_movie"]["f1"] >= r["column_consistency"]["f1"] - 0.02
+    assert (tmp_path / "ev" / "noise2atom_eval.json").is_file()
