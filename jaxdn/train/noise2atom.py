@@ -691,17 +691,19 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
         movie = read(data).data
         movie = movie[None] if movie.ndim == 2 else movie
         movie = movie[:t_frames]
+        if len(movie) < 2:
+            raise InputError(f"{data}: evaluating without ground truth needs a movie of at least 2 frames "
+                             f"(CSS and column consistency compare consecutive frames); got shape {movie.shape}")
         den = denoise(movie, weights=weights)
         result["data"] = str(data)
         result["css_denoised"] = float(np.mean(np.asarray(css(den))))
-        if len(movie) > 1:   # no ground truth: do the columns persist from frame to frame
-            result["column_consistency"] = column_consistency(den)
-            if refine:
-                for mode in ("frame", "movie"):
-                    ref = denoise(movie, weights=weights, refine=mode)
-                    norm = (ref - ref.min()) / max(float(ref.max() - ref.min()), 1e-12)
-                    result[f"css_refined_{mode}"] = float(np.mean(np.asarray(css(norm))))
-                    result[f"column_consistency_refined_{mode}"] = column_consistency(ref)
+        result["column_consistency"] = column_consistency(den)   # no ground truth: do the columns persist
+        if refine:
+            for mode in ("frame", "movie"):
+                ref = denoise(movie, weights=weights, refine=mode)
+                norm = (ref - ref.min()) / max(float(ref.max() - ref.min()), 1e-12)
+                result[f"css_refined_{mode}"] = float(np.mean(np.asarray(css(norm))))
+                result[f"column_consistency_refined_{mode}"] = column_consistency(ref)
     else:
         for name, bg in (("flat", 0.0), ("gradient", 0.5)):
             clean, noisy, truth = simulated_movie(jax.random.key(1000 + seed), frames=t_frames,
