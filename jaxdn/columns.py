@@ -367,3 +367,14 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
                            sigma=float(np.mean(sig)), background=cols.background,
                            background_order=cols.background_order, shape=cols.shape))
     return out
+
+
+COLUMN_FIELDS = ("frame", "row", "col", "amplitude", "sigma")
+
+
+def columns_table(frames: list[Columns]) -> np.ndarray:
+    """(N, 5) float64 rows (frame, row px, col px, amplitude, σ px) of fitted columns, for a CSV:
+    ``np.savetxt(path, columns_table(c), delimiter=",", header=",".join(COLUMN_FIELDS), comments="")``."""
+    rows = [np.column_stack([np.full(len(c.positions), t), c.positions, c.amplitudes, np.full(len(c.positions), c.sigma)])
+            for t, c in enumerate(frames) if len(c.positions)]
+    return np.concatenate(rows) if rows else np.zeros((0, len(COLUMN_FIELDS)))

@@ -154,6 +154,15 @@ def test_noise2atom_refine_improves_fidelity_on_a_simulated_movie():
         psnr[mode] = _affine_psnr(out, clean)
     assert psnr["frame"] > psnr["none"] + 1.0
     assert psnr["movie"] > psnr["frame"] + 1.0
+    # the numbers behind the image: the same columns, as a table
+    from jaxdn.methods.noise2atom import fit_movie_columns
+    cols = fit_movie_columns(noisy, refine="movie")
+    np.testing.assert_array_equal(np.stack([C.render_columns(c) for c in cols]), out)
+    table = C.columns_table(cols)
+    assert table.shape == (sum(len(c.positions) for c in cols), len(C.COLUMN_FIELDS))
+    np.testing.assert_array_equal(np.unique(table[:, 0]), np.arange(len(noisy)))
+    np.testing.assert_array_equal(table[table[:, 0] == 2][:, 1:3], cols[2].positions)
+    np.testing.assert_array_equal(table[table[:, 0] == 2][:, 3], cols[2].amplitudes)
     with pytest.raises(InputError, match="refine must be one of"):
         denoise(noisy, refine="lattice")
 

@@ -141,6 +141,31 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
     return out.reshape(arr.shape).astype(np.float32)
 
 
+def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window: int = 2,
+                      background_order: int | str | None = "auto", progress: bool = False, atom_maps=None):
+    """Fitted columns of every frame (the numbers behind ``refine``): a list of `columns.Columns`.
+
+    data: (H, W) or (T, H, W) frames in any units; atom_maps: their Noise2Atom output (computed with
+    `weights` when None). refine: "frame" or "movie". `columns.columns_table` turns the result
+    into rows (frame, row, col, amplitude, sigma) for a CSV.
+    """
+    from .. import columns as C
+    from ..metrics import find_atoms
+    if refine not in ("frame", "movie"):
+        raise InputError(f"noise2atom: refine must be 'frame' or 'movie' for a column fit, got {refine!r}")
+    frames = np.asarray(data, np.float32)
+    frames = frames[None] if frames.ndim == 2 else frames
+    if atom_maps is None:
+        atom_maps = denoise(frames, weights=weights, background_order=background_order, progress=progress)
+    atom_maps = np.asarray(atom_maps).reshape(frames.shape)
+    order = _background_order(background_order, weights)
+    fitted = C.fit_columns_stack(frames, [find_atoms(m) for m in atom_maps],
+                                 background_order=2 if order is None else max(order, 0), progress=progress)
+    if refine == "movie" and len(fitted) > 1:
+        fitted = C.smooth_in_time(fitted, window=int(track_window), drift=C.movie_drift(atom_maps))
+    return fitted
+
+
 def refine_columns(frames, atom_maps, *, mode: str = "frame", track_window: int = 2, background_order: int = 2,
                    progress: bool = False) -> np.ndarray:
     """(T, H, W) rendered Gaussian columns fitted to `frames` at the columns of `atom_maps` (see module doc).
@@ -149,9 +174,6 @@ def refine_columns(frames, atom_maps, *, mode: str = "frame", track_window: int 
     Returns float32 (T, H, W) in the frames' units, background removed.
     """
     from .. import columns as C
-    from ..metrics import find_atoms
-    seeds = [find_atoms(m) for m in atom_maps]
-    fitted = C.fit_columns_stack(frames, seeds, background_order=background_order, progress=progress)
-    if mode == "movie" and len(fitted) > 1:
-        fitted = C.smooth_in_time(fitted, window=track_window, drift=C.movie_drift(atom_maps))
+    fitted = fit_movie_columns(frames, atom_maps=atom_maps, refine=mode, track_window=track_window,
+                               background_order=background_order, progress=progress)
     return np.stack([C.render_columns(c) for c in fitted])
