@@ -258,6 +258,7 @@ def test_evaluate_on_a_users_movie_reports_css_beside_column_consistency(tmp_pat
         assert 0.0 < r[f"css{key if key else '_denoised'}"] <= 1.0
     assert r["column_consistency_refined_movie"]["f1"] >= r["column_consistency"]["f1"] - 0.02
     assert (tmp_path / "ev" / "noise2atom_eval.json").is_file()
+    assert r["frames"] == 4 and "peak_electrons" not in r
     np.save(tmp_path / "frame.npy", noisy[0])
     with pytest.raises(InputError, match="at least 2 frames"):
         evaluate(data=tmp_path / "frame.npy", outdir=tmp_path / "ev1", quiet=True)

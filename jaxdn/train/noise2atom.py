@@ -696,6 +696,8 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
                              f"(CSS and column consistency compare consecutive frames); got shape {movie.shape}")
         den = denoise(movie, weights=weights)
         result["data"] = str(data)
+        result["frames"] = len(movie)
+        result.pop("peak_electrons")          # a property of the simulated movie only
         result["css_denoised"] = float(np.mean(np.asarray(css(den))))
         result["column_consistency"] = column_consistency(den)   # no ground truth: do the columns persist
         if refine:
