@@ -128,6 +128,11 @@ def _jitted_fit(shape, radius, order, iters, free_positions, free_sigma):
                                      free_positions=free_positions, free_sigma=free_sigma))
 
 
+def _window_radius(sigma: float) -> int:
+    """Half side (px) of each column's render window: 4σ, at least for σ = 2.5 (a 23² window)."""
+    return int(np.ceil(4.0 * max(sigma, 2.5))) + 1
+
+
 def _bucket(n: int) -> int:
     """Padded column count (limits recompilation to a few sizes)."""
     return max(64, int(2 ** np.ceil(np.log2(max(n, 1)))))
@@ -191,7 +196,7 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
     if float(sigma) <= 0:
         raise InputError(f"sigma must be positive, got {sigma}")
     t_n, h, w = imgs.shape
-    radius = int(np.ceil(4.0 * max(float(sigma), 2.5))) + 1
+    radius = _window_radius(float(sigma))
     margin = 3 * radius
     if int(tile) < 4 * margin:
         raise InputError(f"tile must be at least {4 * margin} px, got {tile}")
@@ -306,7 +311,7 @@ def render_columns(cols: Columns, *, background: bool = False) -> np.ndarray:
     """(H, W) float32 image of fitted columns (plus the fitted background when `background`)."""
     import jax.numpy as jnp
     h, w = cols.shape
-    radius = int(np.ceil(4.0 * max(cols.sigma, 2.5))) + 1
+    radius = _window_radius(cols.sigma)
     n = len(cols.positions)
     out = np.zeros((h, w), np.float32)
     if n:

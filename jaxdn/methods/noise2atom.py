@@ -127,7 +127,7 @@ def denoise(data, *, weights=None, seed: int = 0, progress: bool = False, batch_
         raise InputError(f"image is {h}x{w} pixels but noise2atom needs at least {MIN_SIZE}x{MIN_SIZE}")
     if not np.isfinite(arr).all():
         raise InputError("image has NaN/inf pixels; pass --fill-nonfinite")
-    fn, meta = load_generator(weights)
+    fn, _ = load_generator(weights)
     from ..tiling import tiled_apply
     from ..train.noise2atom import preprocess
     order = _background_order(background_order, weights)

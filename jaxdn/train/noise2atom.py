@@ -623,25 +623,33 @@ def _f1(movie, truth, *, min_distance=3, threshold_rel=0.3, margin=4, tolerance=
     return {"precision": float(s[0]), "recall": float(s[1]), "f1": float(s[2]), "false_atoms_per_true": float(np.mean(fps))}
 
 
-def _refined_scores(noisy, den, gauss, clean, truth, *, track_window: int = 2) -> dict:
+def _mean_css(movie, *, normalise: bool = True) -> float:
+    """Mean CSS (eq. 10) of consecutive frames; `normalise`: min–max the whole movie to [0, 1] first."""
+    from ..metrics import css
+    m = np.asarray(movie)
+    if normalise:
+        m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
+    return float(np.mean(np.asarray(css(m))))
+
+
+def _refined_scores(noisy, den, gauss, clean, truth, *, weights=None, track_window: int = 2) -> dict:
     """Scores of the column refinement (`methods.noise2atom.refine`) of the atom map `den`, and of two
     peers that use the same movie: the same column fit seeded by the Gaussian filter's peaks, and the
     Gaussian-filtered frames averaged over ±`track_window` frames after drift registration
     (`scipy.ndimage.shift` by the `columns.movie_drift` of the filtered frames)."""
     from scipy import ndimage
     from .. import columns as C
-    from ..metrics import css, find_atoms
-    norm = lambda x: (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+    from ..methods.noise2atom import fit_movie_columns
     out = {}
     t0 = time.perf_counter()
     for name, seed_maps in (("refined", den), ("gauss_columns", gauss)):
-        fits = C.fit_columns_stack(noisy, [find_atoms(m) for m in seed_maps])
+        fits = fit_movie_columns(noisy, weights=weights, refine="frame", atom_maps=seed_maps)
         t_fit = time.perf_counter() - t0
         movie = C.smooth_in_time(fits, window=track_window, drift=C.movie_drift(seed_maps))
         for mode, cols in (("frame", fits), ("movie", movie)):
             img = np.stack([C.render_columns(c) for c in cols])
             out[f"psnr_{name}_{mode}"] = _affine_psnr(img, clean)
-            out[f"css_{name}_{mode}"] = float(np.mean(np.asarray(css(norm(img)))))
+            out[f"css_{name}_{mode}"] = _mean_css(img)
             out[f"atoms_{name}_{mode}"] = _f1(img, truth)
         if name == "refined":
             out["refine_s_per_frame"] = t_fit / len(noisy)
@@ -651,7 +659,7 @@ def _refined_scores(noisy, den, gauss, clean, truth, *, track_window: int = 2) -
                              for u in range(max(0, t - track_window), min(t_n, t + track_window + 1))], axis=0)
                     for t in range(t_n)])
     out["psnr_gauss_temporal"] = _affine_psnr(avg, clean)
-    out["css_gauss_temporal"] = float(np.mean(np.asarray(css(norm(avg)))))
+    out["css_gauss_temporal"] = _mean_css(avg)
     out["atoms_gauss_temporal"] = _f1(avg, truth)
     return out
 
@@ -675,7 +683,7 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
     """
     import jax
     from scipy import ndimage
-    from ..metrics import column_consistency, css
+    from ..metrics import column_consistency
     from ..methods.noise2atom import denoise
 
     if extra:
@@ -698,13 +706,16 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
         result["data"] = str(data)
         result["frames"] = len(movie)
         result.pop("peak_electrons")          # a property of the simulated movie only
-        result["css_denoised"] = float(np.mean(np.asarray(css(den))))
+        result["css_denoised"] = _mean_css(den, normalise=False)
         result["column_consistency"] = column_consistency(den)   # no ground truth: do the columns persist
-        if refine:
-            for mode in ("frame", "movie"):
-                ref = denoise(movie, weights=weights, refine=mode)
-                norm = (ref - ref.min()) / max(float(ref.max() - ref.min()), 1e-12)
-                result[f"css_refined_{mode}"] = float(np.mean(np.asarray(css(norm))))
+        if refine:   # one column fit of the atom maps above serves both modes
+            from .. import columns as C
+            from ..methods.noise2atom import fit_movie_columns
+            fits = fit_movie_columns(movie, weights=weights, refine="frame", atom_maps=den)
+            tracks = C.smooth_in_time(fits, window=int(track_window), drift=C.movie_drift(den))
+            for mode, cols in (("frame", fits), ("movie", tracks)):
+                ref = np.stack([C.render_columns(c) for c in cols])
+                result[f"css_refined_{mode}"] = _mean_css(ref)
                 result[f"column_consistency_refined_{mode}"] = column_consistency(ref)
     else:
         for name, bg in (("flat", 0.0), ("gradient", 0.5)):
@@ -720,12 +731,11 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
                 if p > psnr_g:
                     sig_best, psnr_g = sig, p
             gauss = ndimage.gaussian_filter(noisy, (0, sig_best, sig_best))
-            norm = lambda x: (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
             q = {
-                "css_clean": float(np.mean(np.asarray(css(clean)))),
-                "css_noisy": float(np.mean(np.asarray(css(norm(noisy))))),
-                "css_denoised": float(np.mean(np.asarray(css(den)))),
-                "css_gauss": float(np.mean(np.asarray(css(norm(gauss))))),
+                "css_clean": _mean_css(clean, normalise=False),
+                "css_noisy": _mean_css(noisy),
+                "css_denoised": _mean_css(den, normalise=False),
+                "css_gauss": _mean_css(gauss),
                 "psnr_denoised": _affine_psnr(den, clean),
                 "psnr_gauss": psnr_g, "gauss_sigma": sig_best,
                 "psnr_noisy": _affine_psnr(noisy, clean),
@@ -733,7 +743,8 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
                 "denoise_s_per_frame": t_den / t_frames,
             }
             if refine:
-                q.update(_refined_scores(noisy, den, gauss, clean, truth, track_window=int(track_window)))
+                q.update(_refined_scores(noisy, den, gauss, clean, truth, weights=weights,
+                                         track_window=int(track_window)))
             result[name] = q
     (outdir / "noise2atom_eval.json").write_text(json.dumps(result, indent=2) + "\n")
     if not quiet:
