@@ -161,7 +161,7 @@ def _spans(n: int, tile: int, margin: int):
 
 
 def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters=150, min_rel_amplitude=0.3,
-                      min_distance=None, rounds=2, tile=512, progress=False) -> list[Columns]:
+                      min_distance=None, rounds=2, fit_positions=True, tile=512, progress=False) -> list[Columns]:
     """Fit Gaussian columns to every frame of a stack, each from its own start positions.
 
     Args:
@@ -178,6 +178,8 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
         others fit the positions (σ held at the frame's value, capped at half the median
         nearest-neighbour spacing of the columns: the model is one of resolved columns). rounds=1
         fits both.
+      fit_positions: False holds the columns at `positions` in every round (σ, amplitudes and
+        background are fitted; with rounds=1 nothing is pruned but negative columns).
       tile: frames larger than this (px) are fitted in overlapping windows of this size (bounded
         memory; one compilation); each column belongs to the window whose core holds it, σ is the
         frame's median over windows, and `Columns.background` is then only the median constant.
@@ -202,7 +204,7 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
         raise InputError(f"tile must be at least {4 * margin} px, got {tile}")
     windows = [(r, c) for r in _spans(h, int(tile), margin) for c in _spans(w, int(tile), margin)]
     opts = dict(sigma=float(sigma), order=int(background_order), iters=int(iters), min_rel=min_rel_amplitude,
-                min_distance=min_distance, rounds=max(1, int(rounds)), radius=radius)
+                min_distance=min_distance, rounds=max(1, int(rounds)), fit_positions=bool(fit_positions), radius=radius)
     return [_fit_frame(imgs[t], np.asarray(positions[t], np.float64).reshape(-1, 2), windows, **opts)
             for t in tqdm(range(t_n), desc="column fit", unit="frame", disable=not progress)]
 
@@ -234,7 +236,7 @@ def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sig
     return np.asarray(pf[:n], np.float64), np.asarray(af[:n], np.float64) * scale, float(sf), bg
 
 
-def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance, rounds, radius) -> Columns:
+def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance, rounds, fit_positions, radius) -> Columns:
     h, w = img.shape
     sig = sigma
     amp = np.zeros(0)
@@ -243,7 +245,7 @@ def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance,
         # Round 1 fits σ with the columns held at their start (the atom map's positions); later
         # rounds fit the positions at that σ. Fitting both at once on low-dose frames narrows σ
         # (the positions chase the shot noise: 0.71 px for a true 1.07 px at 3 e⁻).
-        free_positions, free_sigma = rnd > 0 or rounds == 1, rnd == 0
+        free_positions, free_sigma = (rnd > 0 or rounds == 1) and fit_positions, rnd == 0
         new_pos, new_amp, sigs, counts, bgs = [], [], [], [], []
         for (r0, th, rlo, rhi), (c0, tw, clo, chi) in windows:
             # seeds in the window; a window on the frame's edge also takes seeds beyond that edge
@@ -322,23 +324,75 @@ def render_columns(cols: Columns, *, background: bool = False) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def movie_drift(images) -> np.ndarray:
+def movie_drift(images, *, max_step: float | None = None) -> np.ndarray:
     """(T, 2) cumulative rigid shift (row, col) px of each frame relative to frame 0.
 
-    Phase correlation (`skimage.registration.phase_cross_correlation`, 1/10 px) of consecutive
-    frames, summed. images: (T, H, W), e.g. atom maps or rendered columns (clean images register
-    reliably where the raw low-dose frames do not).
+    Cross-correlation of consecutive frames (FFT), summed. Without `max_step`: the global peak,
+    refined to 1/10 px (`skimage.registration.phase_cross_correlation`). With `max_step` (px): the
+    peak is searched only among shifts of at most that size and refined by a Gaussian fit to its
+    3-point neighbourhood — on a crystal the correlation also peaks at every lattice vector, and
+    at low dose the global peak is often one of those (a jump of a lattice vector between frames);
+    half the nearest-neighbour column spacing rules that out. images: (T, H, W), e.g. atom maps
+    (clean images register reliably where the raw low-dose frames do not).
     """
     from skimage.registration import phase_cross_correlation
     imgs = np.asarray(images, np.float64)
     steps = [np.zeros(2)]
     for a, b in zip(imgs[:-1], imgs[1:]):
-        shift, _, _ = phase_cross_correlation(a, b, upsample_factor=10, normalization=None)
-        steps.append(-np.asarray(shift, np.float64))   # b ≈ a shifted by -shift
+        if max_step is None:
+            shift, _, _ = phase_cross_correlation(a, b, upsample_factor=10, normalization=None)
+            steps.append(-np.asarray(shift, np.float64))   # b ≈ a shifted by -shift
+        else:
+            steps.append(_bounded_step(a, b, float(max_step)))
     return np.cumsum(np.stack(steps), axis=0)
 
 
-def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolerance=None) -> list[Columns]:
+def _bounded_step(a, b, max_step):
+    """Shift (row, col) px with b ≈ a moved by it, searched within |shift| ≤ max_step (see `movie_drift`)."""
+    h, w = a.shape
+    fa, fb = np.fft.fft2(a - a.mean()), np.fft.fft2(b - b.mean())
+    xc = np.real(np.fft.ifft2(fb * np.conj(fa)))          # xc[s] = Σ_r a(r) b(r + s): peaks at the motion
+    dr = np.fft.fftfreq(h, 1.0 / h)[:, None]               # signed shift of each index
+    dc = np.fft.fftfreq(w, 1.0 / w)[None, :]
+    allowed = dr ** 2 + dc ** 2 <= max(max_step, 1.0) ** 2
+    i, j = np.unravel_index(np.argmax(np.where(allowed, xc, -np.inf)), xc.shape)
+
+    def vertex(m, c, p):   # peak offset of a 3-point neighbourhood: Gaussian (log) fit, parabola if not positive
+        if min(m, c, p) > 0:
+            m, c, p = np.log(m), np.log(c), np.log(p)
+        den = m - 2 * c + p
+        return float(np.clip(0.5 * (m - p) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+    top = xc[i, j]
+    off_r = vertex(xc[(i - 1) % h, j], top, xc[(i + 1) % h, j])
+    off_c = vertex(xc[i, (j - 1) % w], top, xc[i, (j + 1) % w])
+    return np.array([dr[i, 0] + off_r, dc[0, j] + off_c])
+
+
+def registered_mean(images, drift, *, window: int = 2) -> np.ndarray:
+    """(T, H, W) float32: each frame t averaged with frames t − window … t + window shifted onto it.
+
+    images: (T, H, W); drift: (T, 2) rigid shifts (row, col) px from `movie_drift`. Frame u is moved
+    by drift[t] − drift[u] (`scipy.ndimage.shift`, linear interpolation); each pixel averages only
+    the frames that cover it, so the edges of a drifting field of view are not smeared.
+    """
+    from scipy import ndimage
+    imgs = np.asarray(images, np.float32)
+    drift = np.asarray(drift, np.float64)
+    ones = np.ones(imgs.shape[1:], np.float32)
+    out = np.empty_like(imgs)
+    for t in range(len(imgs)):
+        acc, cover = np.zeros_like(ones), np.zeros_like(ones)
+        for u in range(max(0, t - window), min(len(imgs), t + window + 1)):
+            d = drift[t] - drift[u]
+            acc += ndimage.shift(imgs[u], d, order=1, mode="constant", cval=0.0)
+            cover += ndimage.shift(ones, d, order=1, mode="constant", cval=0.0)
+        out[t] = acc / np.maximum(cover, 1e-3)
+    return out
+
+
+def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolerance=None,
+                   leave_out: bool = False) -> list[Columns]:
     """Average each column's position and amplitude over its track in frames t − window … t + window.
 
     A column of frame t is linked to the nearest column of frame u when their drift-corrected
@@ -346,7 +400,9 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
     mean of the linked drift-corrected positions (shifted back to frame t) and its amplitude the mean
     of the linked amplitudes. Columns that move (beyond the tolerance), appear or vanish are linked
     only where they match, so dynamics survive at the scale of the window. σ is the mean over the
-    window. drift: (T, 2) from `movie_drift` (default: zero).
+    window. drift: (T, 2) from `movie_drift` (default: zero). leave_out: average only the *other*
+    frames of the track (a column linked to none keeps its own values), so that frame t's result is
+    independent of frame t's noise.
     """
     from scipy.spatial import cKDTree
     t_n = len(frames)
@@ -357,8 +413,9 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
     for t, cols in enumerate(frames):
         q = corrected[t]
         tol = float(tolerance) if tolerance else cols.sigma
-        pos_sum, amp_sum, count = q.copy(), cols.amplitudes.copy(), np.ones(len(q))
-        sig = [cols.sigma]
+        own = 0.0 if leave_out else 1.0
+        pos_sum, amp_sum, count = own * q, own * cols.amplitudes, np.full(len(q), own)
+        sig = [] if leave_out else [cols.sigma]
         for u in range(max(0, t - window), min(t_n, t + window + 1)):
             if u == t or trees[u] is None or not len(q):
                 continue
@@ -368,8 +425,10 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
             amp_sum[hit] += frames[u].amplitudes[j[hit]]
             count += hit
             sig.append(frames[u].sigma)
+        alone = count == 0
+        pos_sum[alone], amp_sum[alone], count[alone] = q[alone], cols.amplitudes[alone], 1.0
         out.append(Columns(positions=pos_sum / count[:, None] + drift[t], amplitudes=amp_sum / count,
-                           sigma=float(np.mean(sig)), background=cols.background,
+                           sigma=float(np.mean(sig or [cols.sigma])), background=cols.background,
                            background_order=cols.background_order, shape=cols.shape))
     return out
 

@@ -69,6 +69,18 @@ def test_fit_recovers_known_columns_width_and_background():
     np.testing.assert_allclose(C.render_columns(cols, background=True), frame, atol=0.25)
 
 
+def test_fit_with_positions_held_keeps_them_and_fits_width_and_amplitudes():
+    rng = np.random.default_rng(5)
+    shape = (40, 40)
+    truth = _grid(shape, 9.0, 4.0) + rng.uniform(-0.3, 0.3, (16, 2))
+    amp = rng.uniform(0.5, 1.0, len(truth))
+    frame = 10 * _dense(truth, amp, 2.1, shape) + 1.0 + rng.normal(0, 0.05, shape)
+    cols = C.fit_columns(frame, truth, sigma=1.5, background_order=0, rounds=1, fit_positions=False)
+    np.testing.assert_array_equal(cols.positions, np.asarray(truth, np.float32).astype(np.float64))
+    np.testing.assert_allclose(cols.amplitudes, 10 * amp, rtol=0.03)
+    assert abs(cols.sigma - 2.1) < 0.03
+
+
 def test_fit_drops_columns_the_data_does_not_support_and_merges_duplicates():
     rng = np.random.default_rng(1)
     shape = (40, 40)
@@ -106,6 +118,68 @@ def test_movie_drift_recovers_a_known_shift():
     shifts = np.cumsum(steps, axis=0)
     imgs = np.stack([_dense(base + s, np.ones(len(base)), 1.7, shape) for s in shifts])
     np.testing.assert_allclose(C.movie_drift(imgs), shifts, atol=0.12)
+
+
+def test_bounded_drift_picks_the_true_step_among_lattice_aliases():
+    """A lattice correlates with itself at every lattice vector: on an exactly periodic frame all
+    of them tie, and only the step bound (half the spacing) singles out the true motion."""
+    r, c = np.mgrid[0:64, 0:64].astype(np.float64)
+    lattice = lambda dr, dc: 2 + np.cos(2 * np.pi * (r - dr) / 8) + np.cos(2 * np.pi * (c - dc) / 8)
+    steps = np.array([[0.0, 0.0], [1.3, -0.6], [-0.5, 1.9]])
+    shifts = np.cumsum(steps, axis=0)
+    imgs = np.stack([lattice(*s) for s in shifts])
+    got = C.movie_drift(imgs, max_step=4.0)
+    np.testing.assert_allclose(got, shifts, atol=0.05)
+    assert np.all(np.linalg.norm(np.diff(got, axis=0), axis=1) <= 4.0)
+    # unbounded: the right step modulo the lattice period, not necessarily the small one
+    free = np.diff(C.movie_drift(imgs), axis=0)
+    np.testing.assert_allclose(np.mod(free - steps[1:] + 4, 8) - 4, 0, atol=0.15)
+
+
+def test_registered_mean_matches_numpy_shifts_and_averages_only_covering_frames():
+    rng = np.random.default_rng(6)
+    imgs = rng.normal(size=(4, 20, 24)).astype(np.float32)
+    drift = np.array([[0, 0], [1, 2], [3, 1], [2, -1]], np.float64)
+    got = C.registered_mean(imgs, drift, window=1)
+    assert got.shape == imgs.shape and got.dtype == np.float32
+    for t in range(4):   # integer shifts: frame u's pixel (r, c) lands on (r + d, c + e) of frame t
+        acc, cover = np.zeros((20, 24)), np.zeros((20, 24))
+        for u in range(max(0, t - 1), min(4, t + 2)):
+            dr, dc = (drift[t] - drift[u]).astype(int)
+            for r in range(20):
+                for c in range(24):
+                    if 0 <= r - dr < 20 and 0 <= c - dc < 24:
+                        acc[r, c] += imgs[u, r - dr, c - dc]
+                        cover[r, c] += 1
+        np.testing.assert_allclose(got[t], acc / cover, atol=1e-5)
+    # sub-pixel: linear interpolation of a ramp is exact inside the frame
+    ramp = np.broadcast_to(np.arange(30, dtype=np.float32)[None, :], (16, 30))
+    movie = np.stack([ramp, ramp + 0.5])                    # frame 1 = frame 0 moved by −0.5 px in col
+    mean = C.registered_mean(movie, np.array([[0.0, 0.0], [0.0, -0.5]]), window=1)
+    np.testing.assert_allclose(mean[0, :, 1:-1], ramp[:, 1:-1], atol=1e-5)
+    np.testing.assert_allclose(C.registered_mean(imgs, drift, window=0), imgs)
+
+
+def test_movie_refine_recovers_a_column_one_frame_of_the_atom_map_misses():
+    """refine="movie" seeds from the drift-registered mean of the maps: a column missing from one
+    frame's map is found there all the same; refine="frame" cannot find it."""
+    from jaxdn.methods.noise2atom import fit_movie_columns
+    rng = np.random.default_rng(7)
+    shape = (48, 48)
+    base = _grid(shape, 10.0, 6.0)
+    drift = np.array([[0.0, 0.0], [1.2, 0.7], [2.4, 1.4]])
+    frames = np.stack([50 * _dense(base + d, np.ones(len(base)), 1.8, shape) + 5 + rng.normal(0, 1, shape)
+                       for d in drift]).astype(np.float32)
+    maps = np.stack([_dense(base + d, np.ones(len(base)), 1.8, shape) for d in drift])
+    lost = 12
+    maps[1] = _dense(np.delete(base, lost, 0) + drift[1], np.ones(len(base) - 1), 1.8, shape)
+    target = base[lost] + drift[1]
+    nearest = lambda cols: np.linalg.norm(cols[1].positions - target, axis=1).min()
+    assert nearest(fit_movie_columns(frames, refine="frame", atom_maps=maps)) > 3.0
+    movie = fit_movie_columns(frames, refine="movie", atom_maps=maps, track_window=1)
+    assert nearest(movie) < 0.3
+    assert [len(c.positions) for c in movie] == [len(base)] * 3
+    assert abs(movie[1].sigma - 1.8) < 0.05
 
 
 def test_smooth_in_time_averages_tracks_and_leaves_movers_alone():

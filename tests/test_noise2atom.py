@@ -117,6 +117,24 @@ def test_fastgrad_third_derivative_matches_autodiff():
     np.testing.assert_allclose(jax.grad(third("fastgrad"))(w), ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
+def test_fused_norm_leaky_relu_matches_autodiff_to_second_order():
+    """`norm_leaky_relu`'s hand-written VJP against autodiff of leaky_relu(instance_norm(.)):
+    value, gradient for x, scale and offset, and the gradient of a gradient penalty through it."""
+    x = jax.random.normal(jax.random.key(0), (3, 6, 7, 4)) * 2 + 0.5
+    w = jax.random.normal(jax.random.key(1), x.shape)
+    s, o = jnp.array([1.3]), jnp.array([0.2])
+    ref_fn = lambda x, s, o: m.leaky_relu(m.instance_norm(x, s, o))
+    np.testing.assert_array_equal(m.norm_leaky_relu(x, s, o), ref_fn(x, s, o))
+    loss = lambda f: lambda x, s, o: jnp.sum(w * jnp.tanh(f(x, s, o)))
+    penalty = lambda f: lambda x, s, o: jnp.sum(jnp.sin(jax.grad(lambda y: loss(f)(y, s, o))(x)) ** 2) + loss(f)(x, s, o)
+    for make in (loss, penalty):
+        got = jax.grad(make(m.norm_leaky_relu), (0, 1, 2))(x, s, o)
+        ref = jax.grad(make(ref_fn), (0, 1, 2))(x, s, o)
+        for g, r in zip(got, ref):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()))
+
+
 def test_fastgrad_bfloat16_keeps_float32_outputs_like_xla():
     """bf16 conv inputs, float32 accumulation and output: fastgrad == xla exactly in value and dtype,
     and its gradients have the dtypes of the (float32) arguments."""

@@ -636,28 +636,22 @@ def _refined_scores(noisy, den, gauss, clean, truth, *, weights=None, track_wind
     """Scores of the column refinement (`methods.noise2atom.refine`) of the atom map `den`, and of two
     peers that use the same movie: the same column fit seeded by the Gaussian filter's peaks, and the
     Gaussian-filtered frames averaged over ±`track_window` frames after drift registration
-    (`scipy.ndimage.shift` by the `columns.movie_drift` of the filtered frames)."""
-    from scipy import ndimage
+    (`columns.registered_mean` with the `columns.movie_drift` of the filtered frames)."""
     from .. import columns as C
     from ..methods.noise2atom import fit_movie_columns
     out = {}
-    t0 = time.perf_counter()
     for name, seed_maps in (("refined", den), ("gauss_columns", gauss)):
-        fits = fit_movie_columns(noisy, weights=weights, refine="frame", atom_maps=seed_maps)
-        t_fit = time.perf_counter() - t0
-        movie = C.smooth_in_time(fits, window=track_window, drift=C.movie_drift(seed_maps))
-        for mode, cols in (("frame", fits), ("movie", movie)):
+        for mode in ("frame", "movie"):
+            t0 = time.perf_counter()
+            cols = fit_movie_columns(noisy, weights=weights, refine=mode, track_window=track_window,
+                                     atom_maps=seed_maps)
+            if name == "refined":
+                out[f"refine_{mode}_s_per_frame"] = (time.perf_counter() - t0) / len(noisy)
             img = np.stack([C.render_columns(c) for c in cols])
             out[f"psnr_{name}_{mode}"] = _affine_psnr(img, clean)
             out[f"css_{name}_{mode}"] = _mean_css(img)
             out[f"atoms_{name}_{mode}"] = _f1(img, truth)
-        if name == "refined":
-            out["refine_s_per_frame"] = t_fit / len(noisy)
-    drift = C.movie_drift(gauss)
-    t_n = len(gauss)
-    avg = np.stack([np.mean([ndimage.shift(gauss[u], drift[t] - drift[u], order=1, mode="nearest")
-                             for u in range(max(0, t - track_window), min(t_n, t + track_window + 1))], axis=0)
-                    for t in range(t_n)])
+    avg = C.registered_mean(gauss, C.movie_drift(gauss), window=track_window)
     out["psnr_gauss_temporal"] = _affine_psnr(avg, clean)
     out["css_gauss_temporal"] = _mean_css(avg)
     out["atoms_gauss_temporal"] = _f1(avg, truth)
@@ -708,12 +702,12 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
         result.pop("peak_electrons")          # a property of the simulated movie only
         result["css_denoised"] = _mean_css(den, normalise=False)
         result["column_consistency"] = column_consistency(den)   # no ground truth: do the columns persist
-        if refine:   # one column fit of the atom maps above serves both modes
+        if refine:
             from .. import columns as C
             from ..methods.noise2atom import fit_movie_columns
-            fits = fit_movie_columns(movie, weights=weights, refine="frame", atom_maps=den)
-            tracks = C.smooth_in_time(fits, window=int(track_window), drift=C.movie_drift(den))
-            for mode, cols in (("frame", fits), ("movie", tracks)):
+            for mode in ("frame", "movie"):
+                cols = fit_movie_columns(movie, weights=weights, refine=mode, track_window=int(track_window),
+                                         atom_maps=den)
                 ref = np.stack([C.render_columns(c) for c in cols])
                 result[f"css_refined_{mode}"] = _mean_css(ref)
                 result[f"column_consistency_refined_{mode}"] = column_consistency(ref)
