@@ -15,7 +15,10 @@ with no more frames than the chunk size is one call, exactly as without streamin
 result for a frame depends on other frames (e.g. a parameter estimated from the whole stack) can
 fix such parameters for all chunks by defining, in its module,
 ``stream_options(stack: io.LazyStack, options: dict[, weights=...]) -> dict`` (options to use for
-every chunk; it gets the run's `weights` when it names that parameter).
+every chunk; it gets the run's `weights` when it names that parameter). A method whose frames depend
+on their neighbours defines ``stream_halo(options) -> int``: each chunk is then called with that
+many frames of context on either side (from the whole stack, never padded) and only its own
+frames are kept.
 
 Multi-process runs (``jaxdn denoise --coordinator ...``): with at least as many files as processes
 each process takes a contiguous share of the files; with fewer, every process streams its share of
@@ -299,10 +302,11 @@ def _write_npy(tmp: Path, chunks: Iterator[np.ndarray], shape: tuple[int, ...]) 
 # The streaming denoiser
 # --------------------------------------------------------------------------------------------
 
-def _stream_options_hook(method: str):
+def _method_hook(method: str, name: str):
+    """The method module's streaming hook `name` (``stream_options``, ``stream_halo``), or None."""
     module_name = api.METHODS[method][0]
     try:
-        return getattr(importlib.import_module(module_name), "stream_options", None)
+        return getattr(importlib.import_module(module_name), name, None)
     except ImportError:
         return None
 
@@ -392,7 +396,7 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
     n, frame_shape = shape[0], shape[1:]
     first, last = (0, n) if frame_range is None else (max(0, frame_range[0]), min(n, frame_range[1]))
     read_frames = (_file_reader(lazy) if channel is None else None) or lazy.frames
-    hook = _stream_options_hook(method)
+    hook = _method_hook(method, "stream_options")
     if hook is not None:
         import inspect
         kw = {"weights": weights} if "weights" in inspect.signature(hook).parameters else {}
@@ -402,7 +406,9 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
     if k < 1:
         raise InputError("--batch-frames must be at least 1")
     k = min(k, n)
-    pad = n > k           # several chunks in the whole stack: every call gets exactly k frames
+    halo_hook = _method_hook(method, "stream_halo")
+    halo = max(0, int(halo_hook(options))) if halo_hook is not None and len(lazy.shape) == 3 else 0
+    pad = n > k and not halo   # several chunks in the whole stack: every call gets exactly k frames
     n_chunks = math.ceil((last - first) / k) if last > first else 0
     _check_targets(output_path, overwrite=overwrite, sidecar=sidecar)
 
@@ -412,17 +418,19 @@ def denoise_stack(input_path: Path, output_path: Path, *, method: str = api.DEFA
         bar = tqdm(total=last - first, desc=input_path.name, unit="frame", disable=not progress, leave=False)
         try:
             for start in range(first, last, k):
-                block = read_frames(start, min(start + k, last))          # float32 (m, H, W)
-                m = block.shape[0]
-                block, filled = validate.fill_nonfinite(block, fill=fill_nonfinite)
-                state["filled"] += filled
+                stop = min(start + k, last)
+                lo, hi = max(0, start - halo), min(n, stop + halo)         # temporal context (`stream_halo`)
+                block = read_frames(lo, hi)                                # float32 (m + context, H, W)
+                m, off = stop - start, start - lo
+                state["filled"] += int((~np.isfinite(block[off:off + m])).sum())
+                block, _ = validate.fill_nonfinite(block, fill=fill_nonfinite)
                 if state["first"] is None:
-                    state["first"] = block[0].copy()
+                    state["first"] = block[off].copy()
                 if m < k and pad:                                          # same shape for every call
                     block = np.concatenate([block, np.repeat(block[-1:], k - m, axis=0)])
                 data = block if len(lazy.shape) == 3 else block[0]
                 out = api.denoise(data, method, weights=weights, seed=seed, progress=False, **options)
-                out = np.asarray(out, np.float32).reshape((-1,) + frame_shape)[:m]
+                out = np.asarray(out, np.float32).reshape((-1,) + frame_shape)[off:off + m]
                 if state["first_out"] is None:
                     state["first_out"] = out[0].copy()
                 bar.update(m)

@@ -99,6 +99,28 @@ def test_stream_options_hook_fixes_stack_wide_parameters(tmp_path, monkeypatch):
     assert seen == [5.0, 5.0, 5.0]
 
 
+def test_stream_halo_gives_each_chunk_its_neighbours_and_keeps_its_own_frames(tmp_path, monkeypatch):
+    """A method with `stream_halo` (a temporal filter) streamed in chunks of 2 equals the one-call
+    result: each call sees `halo` extra frames on either side (never padded) and only its own
+    frames are written."""
+    import _fake_methods
+    calls = []
+
+    def temporal(data, **kw):   # mean of each frame and its neighbours at ±1 (fewer at the ends)
+        calls.append(len(data))
+        pad = np.concatenate([data[:1] * np.nan, data, data[:1] * np.nan])
+        return np.nanmean(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)
+
+    monkeypatch.setattr(_fake_methods, "temporal", temporal, raising=False)
+    monkeypatch.setattr(_fake_methods, "stream_halo", lambda options: 1, raising=False)
+    monkeypatch.setitem(api.METHODS, "temporal", ("_fake_methods", "temporal", {}))
+    write_stack(tmp_path / "in.npy", frames=7)
+    data = np.load(tmp_path / "in.npy")
+    batch.denoise_file(tmp_path / "in.npy", tmp_path / "out.npy", method="temporal", batch_frames=2)
+    assert calls == [3, 4, 4, 2]        # [0,1]+1 | 1+[2,3]+1 | 3+[4,5]+1 | 5+[6]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), temporal(data), rtol=1e-6)
+
+
 def test_crash_mid_stream_leaves_nothing(tmp_path, monkeypatch):
     import _fake_methods
     calls = []

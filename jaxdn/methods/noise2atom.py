@@ -89,6 +89,15 @@ def stream_options(lazy, options, *, weights=None):
     return options
 
 
+def stream_halo(options) -> int:
+    """Frames of context a streamed chunk needs on either side (`jaxdn.stream`): ``refine="movie"``
+    reaches ±`track_window` frames three times over (seeds, tracks, amplitudes); 0 otherwise."""
+    if options.get("refine") != "movie":
+        return 0
+    window = options.get("track_window")
+    return 3 * (2 if window is None else int(window))
+
+
 def _background_order(background_order, weights):
     """The polynomial order to remove: "auto" = the one the weights were trained with (None: none)."""
     order = load_generator(weights)[1].get("background_order") if background_order == "auto" else background_order
