@@ -13,12 +13,12 @@ columns (`metrics.find_atoms`) seed a least-squares fit of Gaussian columns to t
 background; columns the data does not support are dropped), and the output is the rendered columns
 in the input's units with the background removed. ``refine="movie"`` uses the neighbouring
 frames too (±`track_window`, after rigid drift correction, `columns.movie_drift` with steps below
-half the column spacing): the seeds come
-from the drift-registered mean of the atom maps (`columns.registered_mean`: a column missed or a
-false one in one frame's map is outvoted), each column's position is averaged along its track
-(`columns.smooth_in_time`; columns that move more than σ between frames are not averaged), σ and
-the amplitudes are fitted again at the track positions, and the amplitudes averaged along the
-tracks.
+half the column spacing): the seeds come from the drift-registered mean of the atom maps
+(`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), each
+column's position is averaged along its track in the other frames (`columns.smooth_in_time`;
+columns that move more than σ between frames are not averaged), σ and the amplitudes are fitted
+again at those positions, and the amplitudes averaged along the tracks. Streamed stacks get the
+frames this needs around each chunk (`stream_halo`).
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     if movie:
         # σ and amplitudes again, at each column's position in the *other* frames of its track: a
         # position fitted to frame t chases frame t's shot noise, and σ fitted there comes out narrow
-        # (2 e⁻, gradient: 1.8 px for a true 2.15 px; 1.94 at the full tracks, 2.01 left out)
+        # (2 e⁻, gradient: 1.8 px for a true 2.14 px; 1.94 at the full tracks, 2.01 left out)
         tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
         sigma = float(np.median([c.sigma for c in tracks]))
         fitted = C.fit_columns_stack(frames, [c.positions for c in tracks], sigma=sigma, background_order=order,
