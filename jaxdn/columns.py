@@ -270,7 +270,7 @@ def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance,
             sig = float(np.median(np.repeat(sigs, np.maximum(counts, 1))))
             # resolved columns only: σ at most half the median nearest-neighbour spacing (on dense
             # clusters the seeds are sparse and the free fit grows σ to cover them: 9.9 px on a Pt frame)
-            sig = min(sig, 0.5 * _median_spacing(pos, fallback=2 * sig))
+            sig = min(sig, 0.5 * median_spacing(pos, fallback=2 * sig))
         if rnd < rounds - 1:
             keep = _prune(pos, amp, h, w, sig, min_rel, min_distance or sig)
             pos, amp = pos[keep], amp[keep]
@@ -285,7 +285,7 @@ def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance,
                    shape=(h, w))
 
 
-def _median_spacing(pos, *, fallback: float) -> float:
+def median_spacing(pos, *, fallback: float) -> float:
     """Median nearest-neighbour distance of (N, 2) positions in px (`fallback` for fewer than 2)."""
     if len(pos) < 2:
         return float(fallback)
