@@ -138,11 +138,58 @@ def _xla_wgrad(x, g, pad):
         # A "full" conv (valid transposed conv): dW is the flipped transpose of the valid filter
         # gradient with x and g swapped — no padded copy of x (measured ~7 % of the N2A step).
         return _flip_t(_xla_wgrad(g, x, 0))
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+    if _use_chunked_wgrad(xp, g):
+        return _chunked_wgrad(xp, g)
     dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                       [(0, 0), (0, 0)], dimension_numbers=_DN,
                                       preferred_element_type=jnp.float32)  # (Cin, k, k, Cout)
     return dw.transpose(1, 2, 0, 3)
+
+
+def _use_chunked_wgrad(x, g) -> bool:
+    """Whether `_chunked_wgrad` beats XLA:CPU's filter-gradient convolution for these shapes.
+
+    Measured per layer of the `paper` step on the 2-core CPU (benchmarks/results/noise2atom.md):
+    XLA:CPU runs a filter gradient with many output pixels as one huge-kernel convolution at
+    15–25 GFLOP/s, the chunked products at 45–100; on thin layers (≤ 16 output channels) or 16²
+    maps XLA's own is faster. Only on CPU: elsewhere the serial loop would be the slow one.
+    """
+    if jax.default_backend() != "cpu":
+        return False
+    pixels, cin, cout = g.shape[0] * g.shape[1] * g.shape[2], x.shape[3], g.shape[3]
+    return cout >= 32 and (pixels >= 16384 or (pixels >= 4096 and cin >= 64))
+
+
+def _chunked_wgrad(x, g):
+    """Valid filter gradient dW[a, b, c, o] = Σ_{n,h,w} x[n, h + a, w + b, c] g[n, h, w, o].
+
+    x: (N, Hx, Wx, C), g: (N, Hx − k + 1, Wx − k + 1, O) → (k, k, C, O) float32. On the flattened
+    (N·Hx·Wx) grid with g zero-padded to Hx × Wx, tap (a, b) is the row offset a·Wx + b of x, so a
+    `fori_loop` over blocks of rows builds each block's k²·C-wide patch matrix while it is still in
+    cache and adds gᵀ·patches — no k²-fold copy of x in memory (XLA:CPU runs that copy and the
+    long-K product it feeds at a fraction of its matmul rate). Wrap-around rows meet zeros of g.
+    """
+    n, hx, wx, c = x.shape
+    _, ho, wo, o = g.shape
+    k = hx - ho + 1
+    offsets = [a * wx + b for a in range(k) for b in range(k)]
+    rows = n * hx * wx
+    block = int(np.clip((1 << 19) // (k * k * c), 256, 2048)) // 64 * 64
+    nblocks = -(-rows // block)
+    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
+    gf = jnp.pad(g, ((0, 0), (0, hx - ho), (0, wx - wo), (0, 0))).reshape(rows, o)
+    gf = jnp.pad(gf, ((0, nblocks * block - rows), (0, 0)))
+
+    def add_block(i, acc):
+        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
+        gb = jax.lax.dynamic_slice_in_dim(gf, i * block, block, 0)
+        patches = jnp.concatenate([xb[s:s + block] for s in offsets], 1)  # (block, k²·C)
+        return acc + jnp.dot(gb.T, patches, preferred_element_type=jnp.float32)
+
+    acc = jax.lax.fori_loop(0, nblocks, add_block, jnp.zeros((o, k * k * c), jnp.float32),
+                            unroll=min(8, nblocks))
+    return acc.T.reshape(k, k, c, o)
 
 
 def _flip_t(w):
