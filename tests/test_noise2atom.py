@@ -154,6 +154,18 @@ def test_fastgrad_chunked_filter_gradient_matches_autodiff_to_second_order(k, pa
                                atol=1e-4 * float(jnp.abs(ref).max()))
 
 
+def test_valid_conv_computed_padded_and_cropped_is_the_valid_conv():
+    """`_xla_conv` with pad 0 on a ≥ 32² output (computed with padding 1 and cropped on CPU) equals
+    lax's valid convolution exactly, also for an even kernel and a non-square map."""
+    x = jax.random.normal(jax.random.key(0), (2, 40, 37, 3))
+    for k in (2, 3, 5):
+        w = jax.random.normal(jax.random.key(k), (k, k, 3, 4))
+        ref = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        got = m._xla_conv(x, w, 0)
+        assert got.shape == ref.shape == (2, 41 - k, 38 - k, 4)
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+
 def test_fused_norm_leaky_relu_matches_autodiff_to_second_order():
     """`norm_leaky_relu`'s hand-written VJP against autodiff of leaky_relu(instance_norm(.)):
     value, gradient for x, scale and offset, and the gradient of a gradient penalty through it."""

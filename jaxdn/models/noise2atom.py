@@ -18,7 +18,8 @@ Faithful to the authors' public Keras code where the paper is vague:
 All modules are NHWC, float32 parameters; ``impl`` picks how convolutions are computed
 ("xla": ``lax.conv_general_dilated``; "im2col": shifted slices + one matmul; "fastgrad": XLA
 convolutions whose gradients of every order are also forward convolutions, strided ones in
-space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`)
+space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`;
+on CPU the filter gradients of wide layers are chunked matrix products, `_chunked_wgrad`)
 and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
 everything else in float32). Neither changes the parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (the method runs tiles whose sides are multiples of 16).
@@ -123,9 +124,20 @@ _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _xla_conv(x, w, pad):
-    """Stride-1 conv with zero padding `pad`, accumulated and returned in float32."""
-    return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DN,
-                                        preferred_element_type=jnp.float32)
+    """Stride-1 conv with zero padding `pad`, accumulated and returned in float32.
+
+    On CPU a valid (pad 0) conv of a map of at least 32² outputs is computed with padding 1 and
+    cropped — the same numbers: XLA:CPU's convolution kernel runs unpadded convolutions 2.7–8×
+    slower than padded ones (64 → 64 channels 3×3 on 6 × 130²: 72 vs 193 GFLOP/s; 7×7 64 → 16:
+    25 vs 202), and every basic block of the Noise2Atom nets ends in a valid conv.
+    """
+    k = w.shape[0]
+    ho, wo = x.shape[1] + 2 * pad - k + 1, x.shape[2] + 2 * pad - k + 1
+    crop = pad == 0 and k > 1 and ho * wo >= 32 * 32 and jax.default_backend() == "cpu"
+    p = 1 if crop else pad
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)], dimension_numbers=_DN,
+                                     preferred_element_type=jnp.float32)
+    return y[:, 1:1 + ho, 1:1 + wo] if crop else y
 
 
 def _xla_wgrad(x, g, pad):
