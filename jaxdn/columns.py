@@ -347,6 +347,14 @@ def movie_drift(images, *, max_step: float | None = None) -> np.ndarray:
     return np.cumsum(np.stack(steps), axis=0)
 
 
+def lattice_drift(images, positions) -> np.ndarray:
+    """`movie_drift` of (T, H, W) `images` with steps below half the median nearest-neighbour
+    spacing of the columns `positions` (T lists of (N, 2) px) — a crystal also correlates at its
+    lattice vectors; unbounded when no frame has two columns."""
+    spacing = np.median([median_spacing(p, fallback=np.inf) for p in positions])
+    return movie_drift(images, max_step=0.5 * spacing if np.isfinite(spacing) else None)
+
+
 def _bounded_step(a, b, max_step):
     """Shift (row, col) px with b ≈ a moved by it, searched within |shift| ≤ max_step (see `movie_drift`)."""
     h, w = a.shape

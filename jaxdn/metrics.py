@@ -373,8 +373,8 @@ def column_consistency(movie, *, tolerance=2.0, margin=4, **find_kwargs):
     """Atom-column consistency of a (denoised) movie without ground truth.
 
     Columns are found in every frame (:func:`find_atoms`, `find_kwargs`), consecutive frames are
-    registered by phase correlation (`jaxdn.columns.movie_drift`, steps below half the median column
-    spacing: a lattice-vector alias would match the wrong columns), and frame t's columns, shifted by
+    registered by phase correlation (`jaxdn.columns.lattice_drift`: steps below half the median column
+    spacing, a lattice-vector alias would match the wrong columns), and frame t's columns, shifted by
     the drift, are matched to frame t + 1's (:func:`atom_f1` at `tolerance` px; columns within
     `margin` px of the border are left out, they may drift out of view).
 
@@ -384,14 +384,13 @@ def column_consistency(movie, *, tolerance=2.0, margin=4, **find_kwargs):
       {"f1": mean F1 over the T − 1 pairs, "columns_per_frame": mean number of columns found}.
       A frame without columns scores 0 against any frame (a constant output is not consistent).
     """
-    from .columns import median_spacing, movie_drift
+    from .columns import lattice_drift
     m = np.asarray(movie, np.float64)
     if m.ndim != 3 or m.shape[0] < 2:
         raise ValueError(f"column_consistency expects (T, H, W) with T >= 2, got shape {m.shape}")
     h, w = m.shape[1:]
     found = [find_atoms(f, **find_kwargs) for f in m]
-    spacing = np.median([median_spacing(f, fallback=np.inf) for f in found])
-    drift = movie_drift(m, max_step=0.5 * spacing if np.isfinite(spacing) else None)
+    drift = lattice_drift(m, found)
 
     def inside(p):
         return p[np.all((p >= margin) & (p <= np.array([h, w]) - 1 - margin), axis=1)]

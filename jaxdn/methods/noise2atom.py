@@ -178,8 +178,7 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     window = int(track_window)
     drift = None
     if movie:   # drift steps below half the column spacing: a crystal also correlates at its lattice vectors
-        spacing = np.median([C.median_spacing(find_atoms(m), fallback=np.inf) for m in atom_maps])
-        drift = C.movie_drift(atom_maps, max_step=0.5 * spacing if np.isfinite(spacing) else None)
+        drift = C.lattice_drift(atom_maps, [find_atoms(m) for m in atom_maps])
     seeds = C.registered_mean(atom_maps, drift, window=window) if movie else atom_maps
     fitted = C.fit_columns_stack(frames, [find_atoms(m) for m in seeds], background_order=order, progress=progress)
     if movie:
