@@ -4,8 +4,12 @@
     python benchmarks/noise2atom_bench.py ceiling [--frames 8] [--peak 3]
     python benchmarks/noise2atom_bench.py refine-large [--size 1024] [--peak 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
-    python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch]
+    python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
+
+`speed` runs JAX under jemalloc when it is installed, as the `jaxdn` command does (`jaxdn.allocator`;
+`JAXDN_ALLOCATOR=system` for glibc's malloc); the PyTorch peer always runs once under the system
+allocator, and with --torch-jemalloc also under jemalloc (it is slower there), so "fastest" is measured.
 
 `quality` calls `jaxdn.train.noise2atom.evaluate` (CSS vs the clean movie's own CSS, PSNR vs a
 Gaussian filter tuned on the same movie, atom-column F1 at 2 px, flat and gradient background) and
@@ -179,16 +183,22 @@ def _convolution_flops(make_step, state, batch) -> float:
 PEER_VARIANTS = ("paper", "small")  # architectures benchmarks/peers/torch_noise2atom.py implements
 
 
-def _torch_step(variant: str, channels_last: bool, steps: int) -> dict:
-    """The PyTorch peer with the architecture, optimiser and low-pass of config `variant`."""
+def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = False) -> dict:
+    """The PyTorch peer with the architecture, optimiser and low-pass of config `variant`, under
+    the system allocator or (`jemalloc`) the one `jaxdn.allocator` would preload."""
+    import os
     import subprocess
+    from jaxdn.allocator import MALLOC_CONF, jemalloc_library
     from jaxdn.train.config import load_config
     cfg = load_config(f"configs/noise2atom.py:{variant}")
     peer = Path(__file__).with_name("peers") / "torch_noise2atom.py"
     cmd = [sys.executable, str(peer), "--variant", variant, "--steps", str(steps), "--lr", str(cfg.lr),
            "--momentum", str(cfg.momentum), "--lowpass-size", str(cfg.lowpass_size),
            "--lowpass-variance", str(cfg.lowpass_variance)] + (["--channels-last"] if channels_last else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    if jemalloc:
+        env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=MALLOC_CONF)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -197,8 +207,10 @@ def _torch_step(variant: str, channels_last: bool, steps: int) -> dict:
 def speed(args) -> None:
     """JAX fused step per (variant, impl) and, with --torch, the PyTorch peer (default and
     channels-last eager) interleaved round by round in the same run, plus the f32 matmul peak."""
+    from jaxdn.allocator import jemalloc_library, loaded_allocator
     import jax
     from jaxdn.bench import matmul_peak
+    print(json.dumps({"jax_allocator": loaded_allocator()}), flush=True)
     peak = matmul_peak(n=2048, dtype="float32", repeats=3).get("flops_per_s", float("nan")) / 1e9
     print(json.dumps({"matmul_f32_gflop_s": peak}), flush=True)
     cases = []
@@ -211,8 +223,9 @@ def speed(args) -> None:
     if args.torch:
         for variant in sorted({c["variant"] for c in cases} & set(PEER_VARIANTS)):
             for cl in (False, True):
-                peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}", "variant": variant,
-                              "cl": cl, "times": []})
+                for je in (False, True) if args.torch_jemalloc and jemalloc_library() else (False,):
+                    peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}{' jemalloc' if je else ''}",
+                                  "variant": variant, "cl": cl, "jemalloc": je, "times": []})
     for r in range(args.rounds):
         for c in cases:
             compiled, state, batch = c["run"]
@@ -223,10 +236,10 @@ def speed(args) -> None:
                 c["times"].append(time.perf_counter() - t)
             c["run"] = (compiled, state, batch)
         for p in peers:
-            res = _torch_step(p["variant"], p["cl"], args.steps)
+            res = _torch_step(p["variant"], p["cl"], args.steps, p["jemalloc"])
             p["times"].append(res.get("s_per_step", float("nan")))
             p["last"] = res
-    print(f"\nf32 matmul peak (jnp.dot 2048², same run): {peak:.0f} GFLOP/s\n")
+    print(f"\nf32 matmul peak (jnp.dot 2048², same run): {peak:.0f} GFLOP/s; JAX allocator: {loaded_allocator()}\n")
     print("| step (critic ×5 + generators) | s/step (min) | compile s | GFLOP/step | GFLOP/s | % of f32 peak |")
     print("|---|---|---|---|---|---|")
     for c in cases:
@@ -269,7 +282,11 @@ def main(argv=None) -> int:
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
+    s.add_argument("--torch-jemalloc", action="store_true", help="also time the peer under jemalloc")
     args = ap.parse_args(argv)
+    if args.cmd == "speed" and argv is None:
+        from jaxdn.allocator import maybe_reexec
+        maybe_reexec()  # JAX under jemalloc when installed, as the `jaxdn` command runs
     {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling,
      "refine-large": refine_large}[args.cmd](args)
     return 0

@@ -54,6 +54,7 @@ from typing import Callable
 
 import numpy as np
 
+from .allocator import loaded_allocator
 from .errors import InputError
 
 __all__ = ["main", "build_parser", "summarize", "interleaved_order", "run_interleaved", "PeakRSS",
@@ -370,6 +371,7 @@ def environment(argv=None) -> dict:
         "cpu_model": _cpu_model(), "cpu_flags": _cpu_flags(),
         "os_cpu_count": os.cpu_count(), "cpu_affinity": affinity,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "allocator": loaded_allocator(),
         "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
                        if k in os.environ},
         "memory_total_gb": psutil.virtual_memory().total / 2**30,
