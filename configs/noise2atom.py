@@ -63,7 +63,9 @@ SHIPPED_RUN = (
     "9 % faster), so the same command now follows another trajectory: retrained with session 6's code (919 s wall) "
     "the best snapshot is step 425, val F1 0.929 / PSNR 18.92 dB (vs 0.959 / 19.67) - a GAN run differs by more "
     "than rounding; the shipped file was not replaced. Session 7's CPU convolution changes (chunked filter gradients, "
-    "padded-and-cropped valid convs) change training by float rounding again; not retrained.")
+    "padded-and-cropped valid convs) change training by float rounding again; not retrained. Session 8: the "
+    "chunked filter gradient's sum order (gT stored transposed) - rounding again; the jemalloc allocator the CLI "
+    "now picks changes no number.")
 
 
 @dataclass(frozen=True)

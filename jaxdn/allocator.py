@@ -4,7 +4,7 @@ XLA:CPU allocates each executable's temporary buffers afresh on every call; with
 big ones are new ``mmap`` regions, so every training step page-faults and zero-fills all of its
 scratch memory again (1.6 M minor faults, ~6 s of kernel time per Noise2Atom `paper` step on the
 2-core CI machine). jemalloc told never to return dirty pages to the OS (``dirty_decay_ms:-1``)
-reuses them: that step runs 15 % faster (benchmarks/results/noise2atom.md). An allocator can only
+reuses them: that step runs 15–30 % faster (benchmarks/results/noise2atom.md). An allocator can only
 be chosen when a process starts, so the ``jaxdn`` command re-executes itself once with
 ``LD_PRELOAD`` set (`maybe_reexec`). Linux only; nothing happens without the library
 (Debian/Ubuntu: ``apt install libjemalloc2``). ``JAXDN_ALLOCATOR=system`` opts out.

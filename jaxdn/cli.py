@@ -242,7 +242,7 @@ def enable_compilation_cache() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] and sys.argv[1] in ("denoise", "train", "evaluate"):
         from .allocator import maybe_reexec
-        maybe_reexec()  # the command process only: jemalloc when installed (15 % faster CPU steps)
+        maybe_reexec()  # the command process only: jemalloc when installed (faster CPU steps)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("denoise", "train", "evaluate"):
         enable_compilation_cache()
