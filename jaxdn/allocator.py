@@ -71,10 +71,9 @@ def maybe_reexec() -> None:
                      loaded=loaded_allocator())
     if env is None:
         return
-    argv = list(getattr(sys, "orig_argv", [])) or [sys.executable] + sys.argv
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, argv, env)
+        os.execve(sys.executable, sys.orig_argv, env)
     except OSError:  # could not exec: run on with the system allocator
         return

@@ -239,12 +239,16 @@ def enable_compilation_cache() -> None:
         pass
 
 
+COMPUTE_COMMANDS = ("denoise", "train", "evaluate")  # compiled XLA work: cache and allocator apply
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] and sys.argv[1] in ("denoise", "train", "evaluate"):
-        from .allocator import maybe_reexec
-        maybe_reexec()  # the command process only: jemalloc when installed (faster CPU steps)
+    as_command = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("denoise", "train", "evaluate"):
+    if argv and argv[0] in COMPUTE_COMMANDS:
+        if as_command:  # the command process only, never a caller's: jemalloc when installed
+            from .allocator import maybe_reexec
+            maybe_reexec()
         enable_compilation_cache()
     if argv and argv[0] in PASSTHROUGH:
         try:
