@@ -7,8 +7,8 @@
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
-`speed` runs JAX under jemalloc when it is installed, as the `jaxdn` command does (`jaxdn.allocator`;
-`JAXDN_ALLOCATOR=system` for glibc's malloc); the PyTorch peer always runs once under the system
+`speed` runs JAX under jemalloc, else mimalloc, as the `jaxdn` command does (`jaxdn.allocator`;
+`JAXDN_ALLOCATOR=system` for glibc's malloc, `=mimalloc` to pick it); the PyTorch peer always runs once under the system
 allocator, and with --torch-jemalloc also under jemalloc (it is slower there), so "fastest" is measured.
 
 `quality` calls `jaxdn.train.noise2atom.evaluate` (CSS vs the clean movie's own CSS, PSNR vs a

@@ -1,4 +1,4 @@
-"""jaxdn.allocator: when the command re-executes itself under jemalloc, and that it does."""
+"""jaxdn.allocator: when the command re-executes itself under jemalloc or mimalloc, and that it does."""
 import os
 import subprocess
 import sys
@@ -8,10 +8,12 @@ import pytest
 from jaxdn import allocator, cli
 
 LIB = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+MILIB = "/site-packages/cmeel.prefix/lib/libmimalloc.so"
 
 
 def _env(**kw):
-    return allocator.reexec_env(kw.pop("environ", {}), **{"platform": "linux", "library": LIB,
+    libraries = {"jemalloc": kw.pop("library", LIB), "mimalloc": kw.pop("mimalloc", None)}
+    return allocator.reexec_env(kw.pop("environ", {}), **{"platform": "linux", "libraries": libraries,
                                                           "loaded": "system", **kw})
 
 
@@ -28,7 +30,18 @@ def test_reexec_env_keeps_users_preload_and_malloc_conf():
     assert env["MALLOC_CONF"] == "narenas:2"
 
 
+def test_reexec_env_falls_back_to_mimalloc_and_never_purges():
+    env = _env(library=None, mimalloc=MILIB, environ={"MALLOC_CONF": "narenas:2"})
+    assert env["LD_PRELOAD"] == MILIB and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert env["MALLOC_CONF"] == "narenas:2"         # jemalloc's settings left as the user had them
+    assert _env(mimalloc=MILIB)["LD_PRELOAD"] == LIB  # jemalloc first when both are there
+    env = _env(mimalloc=MILIB, environ={"JAXDN_ALLOCATOR": "mimalloc", "MIMALLOC_PURGE_DELAY": "10"})
+    assert env["LD_PRELOAD"] == MILIB and env["MIMALLOC_PURGE_DELAY"] == "10" and "MALLOC_CONF" not in env
+
+
 @pytest.mark.parametrize("kw", [dict(platform="darwin"), dict(library=None), dict(loaded="jemalloc"),
+                                dict(loaded="mimalloc", mimalloc=MILIB),
+                                dict(environ={"JAXDN_ALLOCATOR": "mimalloc"}),
                                 dict(environ={"JAXDN_ALLOCATOR": "system"}),
                                 dict(environ={"JAXDN_ALLOCATOR_REEXEC": "1"})])
 def test_reexec_env_carries_on_when_it_should(kw):
@@ -42,9 +55,19 @@ def test_reexec_env_rejects_unknown_choice():
 
 def test_loaded_allocator_reads_maps():
     assert allocator.loaded_allocator("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libjemalloc.so.2\n") == "jemalloc"
+    assert allocator.loaded_allocator("7f00-7f01 r-xp 0 08:01 1 /x/cmeel.prefix/lib/libmimalloc.so\n") == "mimalloc"
     assert allocator.loaded_allocator("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n") == "system"
-    assert allocator.loaded_allocator() == ("jemalloc" if "libjemalloc" in open("/proc/self/maps").read()
-                                            else "system")
+    maps = open("/proc/self/maps").read()
+    assert allocator.loaded_allocator() == ("jemalloc" if "libjemalloc" in maps
+                                            else "mimalloc" if "libmimalloc" in maps else "system")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cmeel-mimalloc is a Linux dependency")
+def test_mimalloc_library_comes_from_the_installed_wheel():
+    lib = allocator.mimalloc_library()
+    if lib is None:
+        pytest.skip("cmeel-mimalloc not installed (no wheel for this platform)")
+    assert os.path.isfile(lib) and os.path.basename(lib).startswith("libmimalloc.so")
 
 
 def test_cli_reexecs_only_as_the_command_process(monkeypatch):
@@ -63,16 +86,23 @@ def test_cli_reexecs_only_as_the_command_process(monkeypatch):
     assert calls == [1]                      # `info` does no heavy work: no re-execution
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or allocator.jemalloc_library() is None,
-                    reason="libjemalloc not installed (apt install libjemalloc2)")
-@pytest.mark.parametrize("choice, expected", [("jemalloc", "jemalloc"), ("system", "system")])
-def test_maybe_reexec_runs_the_process_again_under_jemalloc(choice, expected):
+_LIBS = {"jemalloc": allocator.jemalloc_library, "mimalloc": allocator.mimalloc_library}
+_SETTING = {"jemalloc": ("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+            "mimalloc": ("MIMALLOC_PURGE_DELAY", "-1")}
+
+
+@pytest.mark.parametrize("choice", ["jemalloc", "mimalloc", "system"])
+def test_maybe_reexec_runs_the_process_again_under_the_allocator(choice):
+    if not sys.platform.startswith("linux") or (choice != "system" and _LIBS[choice]() is None):
+        pytest.skip(f"{choice} not installed")
+    setting = _SETTING.get(choice, ("MALLOC_CONF", None))[0]
     code = ("import os, sys; from jaxdn import allocator; allocator.maybe_reexec(); "
-            "print(allocator.loaded_allocator(), os.environ.get('MALLOC_CONF'), sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC")}
+            f"print(allocator.loaded_allocator(), os.environ.get({setting!r}), sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC") and not k.startswith("MIMALLOC_")}
     env["JAXDN_ALLOCATOR"] = choice
     out = subprocess.run([sys.executable, "-c", code, "a b", "c"], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout.split(maxsplit=2)
-    assert out[0] == expected
-    assert out[1] == ("dirty_decay_ms:-1,muzzy_decay_ms:-1" if expected == "jemalloc" else "None")
+    assert out[0] == choice
+    assert out[1] == str(_SETTING.get(choice, (None, None))[1])
     assert out[2].strip() == "['a b', 'c']"   # arguments survive the re-execution unchanged
