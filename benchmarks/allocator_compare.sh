@@ -5,13 +5,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MI=$(python -c "from jaxdn.allocator import mimalloc_library as m; print(m() or '')")
 JE=$(python -c "from jaxdn.allocator import jemalloc_library as j; print(j() or '')")
-for a in "${@:-glibc mimalloc jemalloc}"; do
-  for name in $a; do
-    case $name in glibc) P="";; mimalloc) P=$MI;; jemalloc) P=$JE;; *) echo "unknown $name"; exit 2;; esac
-    if [[ $name != glibc && -z $P ]]; then echo "=== $name: not installed"; continue; fi
-    echo "=== $name"
-    JAXDN_ALLOCATOR=system LD_PRELOAD=$P MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 MIMALLOC_PURGE_DELAY=-1 \
-      /usr/bin/time -f "wall %e user %U sys %S minflt %R maxrss %M" \
-      python benchmarks/noise2atom_bench.py speed --variants paper:fastgrad,small --rounds 1 --steps 2 2>&1 | tail -12
-  done
+names=("$@"); [[ $# -eq 0 ]] && names=(glibc mimalloc jemalloc)
+for name in "${names[@]}"; do
+  case $name in glibc) P="";; mimalloc) P=$MI;; jemalloc) P=$JE;; *) echo "unknown $name"; exit 2;; esac
+  if [[ $name != glibc && -z $P ]]; then echo "=== $name: not installed"; continue; fi
+  echo "=== $name"
+  JAXDN_ALLOCATOR=system LD_PRELOAD=$P MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 MIMALLOC_PURGE_DELAY=-1 \
+    /usr/bin/time -f "wall %e user %U sys %S minflt %R maxrss %M" \
+    python benchmarks/noise2atom_bench.py speed --variants paper:fastgrad,small --rounds 1 --steps 2 2>&1 | tail -12
 done
