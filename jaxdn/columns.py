@@ -200,7 +200,7 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
         the atom maps.
       sigma: start value of the probe σ in px.
       background_order: degree of the polynomial background (0 = constant; per window, see `tile`).
-      iters: L-BFGS iterations per round.
+      iters: at most this many L-BFGS iterations per round (it stops earlier once converged).
       min_rel_amplitude: after each round but the last, columns with amplitude below this fraction
         of the frame's median amplitude are dropped (false columns: the data shows no column there).
       min_distance: of two columns that end up closer than this (px; default σ) the dimmer is dropped.
