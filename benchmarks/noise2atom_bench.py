@@ -3,6 +3,7 @@
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
     python benchmarks/noise2atom_bench.py ceiling [--frames 8] [--peak 3]
     python benchmarks/noise2atom_bench.py refine-large [--size 1024] [--peak 3]
+    python benchmarks/noise2atom_bench.py refine-repro [--frames 16] [--size 128] [--peak 3] [--tries 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
@@ -115,6 +116,34 @@ def refine_large(args) -> None:
                       "refine_frame_s": t_ref, "psnr_atom_map": _affine_psnr(atom_map, clean),
                       "psnr_refine_frame": _affine_psnr(refined, clean), "psnr_gauss": gauss, "gauss_sigma": sig,
                       "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+
+
+def refine_repro(args) -> None:
+    """Reproducibility and cost of the column refinement: how far `refine` output moves when the atom
+    maps it is seeded from change by 1e-6 (float32 rounding differs that much between CPUs, chunkings
+    and library versions), as max |Δ| / output peak over `--tries` perturbations, and the compiled time
+    per frame (a warm-up call on 3 frames compiles first)."""
+    import jax
+    import numpy as np
+    from jaxdn.methods import noise2atom as N
+    from jaxdn.train.noise2atom import simulated_movie
+    _, noisy, _ = simulated_movie(jax.random.key(args.seed), frames=args.frames, size=args.size,
+                                  peak_electrons=args.peak)
+    noisy = np.asarray(noisy)
+    maps = N.denoise(noisy)
+    rng = np.random.default_rng(0)
+    for mode in ("frame", "movie"):
+        N.refine_columns(noisy[:3], maps[:3], mode=mode)
+        t = time.perf_counter()
+        ref = N.refine_columns(noisy, maps, mode=mode)
+        dt = (time.perf_counter() - t) / len(noisy)
+        moved = []
+        for _ in range(args.tries):
+            near = np.clip(maps + 1e-6 * rng.standard_normal(maps.shape).astype(np.float32), 0.0, 1.0)
+            moved.append(float(np.abs(N.refine_columns(noisy, near, mode=mode) - ref).max() / np.abs(ref).max()))
+        print(json.dumps({"mode": mode, "frames": args.frames, "size": args.size, "peak": args.peak,
+                          "s_per_frame": round(dt, 4), "max_change_rel_to_peak": [round(m, 5) for m in moved]}),
+              flush=True)
 
 
 def select(args) -> None:
@@ -277,6 +306,12 @@ def main(argv=None) -> int:
     rl = sub.add_parser("refine-large")
     rl.add_argument("--size", type=int, default=1024)
     rl.add_argument("--peak", type=float, default=3.0)
+    rr = sub.add_parser("refine-repro")
+    rr.add_argument("--frames", type=int, default=16)
+    rr.add_argument("--size", type=int, default=128)
+    rr.add_argument("--peak", type=float, default=3.0)
+    rr.add_argument("--seed", type=int, default=0)
+    rr.add_argument("--tries", type=int, default=3)
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
@@ -288,7 +323,7 @@ def main(argv=None) -> int:
         from jaxdn.allocator import maybe_reexec
         maybe_reexec()  # JAX under jemalloc when installed, as the `jaxdn` command runs
     {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling,
-     "refine-large": refine_large}[args.cmd](args)
+     "refine-large": refine_large, "refine-repro": refine_repro}[args.cmd](args)
     return 0
 
 
