@@ -3,6 +3,7 @@
     python benchmarks/noise2atom_bench.py quality [--weights W] [--frames 16] [--peak 3]
     python benchmarks/noise2atom_bench.py ceiling [--frames 8] [--peak 3]
     python benchmarks/noise2atom_bench.py refine-large [--size 1024] [--peak 3]
+    python benchmarks/noise2atom_bench.py css-edges [--seed 1] [--background 0.5]
     python benchmarks/noise2atom_bench.py refine-repro [--frames 16] [--size 128] [--peak 3] [--tries 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
@@ -144,6 +145,106 @@ def refine_repro(args) -> None:
         print(json.dumps({"mode": mode, "frames": args.frames, "size": args.size, "peak": args.peak,
                           "s_per_frame": round(dt, 4), "max_change_rel_to_peak": [round(m, 5) for m in moved]}),
               flush=True)
+
+
+def _columns_beyond_edges(frames, *, window: int = 2, drift=None, margin: float | None = None,
+                         min_distance: float | None = None):
+    """Per frame t, (M_t, 2) positions px of columns the neighbouring frames show but frame t has only
+    the tail of: centred outside frame t, at most `margin` px (default 2σ) beyond its edge.
+
+    A drifting field of view cuts columns at its edges; their tails are visible in frame t, but the
+    atom map (like any peak finder) seeds only columns centred inside. Frames t − window … t + window
+    that hold such a column inside their own field of view give its position (shifted by the
+    `drift` (T, 2) from `movie_drift`, default zero); of candidates closer than `min_distance`
+    (default σ) to a column of frame t or to each other, one is kept.
+    """
+    import numpy as np
+    from scipy.spatial import cKDTree
+    t_n = len(frames)
+    drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
+    out = []
+    for t, cols in enumerate(frames):
+        h, w = cols.shape
+        m = 2.0 * cols.sigma if margin is None else float(margin)
+        dmin = cols.sigma if min_distance is None else float(min_distance)
+        cand = [frames[u].positions - drift[u] + drift[t] for u in range(max(0, t - window), min(t_n, t + window + 1))
+                if u != t and len(frames[u].positions)]
+        cand = np.concatenate(cand) if cand else np.zeros((0, 2))
+        r, c = cand[:, 0], cand[:, 1]
+        outside = (r < 0) | (r > h - 1) | (c < 0) | (c > w - 1)
+        near = (r > -m) & (r < h - 1 + m) & (c > -m) & (c < w - 1 + m)
+        cand = cand[outside & near]
+        if len(cand) and len(cols.positions):
+            d, _ = cKDTree(cols.positions).query(cand, distance_upper_bound=dmin)
+            cand = cand[~np.isfinite(d)]
+        kept = []
+        for p in cand:    # greedy thinning: one candidate per column (a few dozen per frame)
+            if all(np.hypot(*(p - q)) >= dmin for q in kept):
+                kept.append(p)
+        out.append(np.asarray(kept, np.float64).reshape(-1, 2))
+    return out
+
+
+
+def css_edges(args) -> None:
+    """Where the CSS of the `refine=movie` output stands against the clean movie's own CSS, and why.
+
+    (1) The clean movie's columns refitted (true positions held, σ and amplitudes fitted, constant
+    background) and rendered as `refine` renders: only columns centred inside the frame, then also
+    those up to 3 and 6 px beyond its edges. (2) The `refine=movie` pipeline as shipped, then with
+    the columns centred just beyond each frame's edge taken from the neighbouring frames
+    (`_columns_beyond_edges`, an experiment, not in the library) and their amplitudes from the
+    other frames of their track, capped at the frame's brightest column."""
+    import dataclasses
+    import jax
+    import numpy as np
+    from jaxdn import columns as C
+    from jaxdn.methods.noise2atom import denoise
+    from jaxdn.metrics import find_atoms
+    from jaxdn.simulate import atoms
+    from jaxdn.train.noise2atom import _affine_psnr, _f1, _mean_css, simulated_movie
+    key = jax.random.key(1000 + args.seed)
+    clean, noisy, truth = simulated_movie(key, frames=args.frames, peak_electrons=args.peak, background=args.background)
+    _, pos, _ = atoms.drift_movie(jax.random.split(key, 3)[0], frames=args.frames, size=clean.shape[-1])
+    pos, size = np.asarray(pos), clean.shape[-1]
+    print(f"seed {args.seed}, background {args.background}, {args.peak} e-: CSS of the clean movie {_mean_css(clean, normalise=False):.4f}\n")
+    print("| clean columns rendered | columns/frame | σ fitted px | CSS |\n|---|---|---|---|")
+    for lo in (0, -3, -6):
+        p = [q[np.all((q >= lo) & (q <= size - 1 - lo), axis=1)] for q in pos]
+        cc = C.fit_columns_stack(clean, p, background_order=0, fit_positions=False, rounds=1, min_rel_amplitude=0.0)
+        img = np.stack([C.render_columns(c) for c in cc])
+        print(f"| centred inside or up to {-lo} px beyond the edge | {np.mean([len(c.positions) for c in cc]):.0f} "
+              f"| {np.median([c.sigma for c in cc]):.2f} | {_mean_css(img):.4f} |")
+    frames, window, order = np.asarray(noisy, np.float32), 2, 2
+    maps = denoise(frames)
+    drift = C.lattice_drift(maps, [find_atoms(m) for m in maps])
+    fitted = C.fit_columns_stack(frames, [find_atoms(m) for m in C.registered_mean(maps, drift, window=window)],
+                                 background_order=order)
+    tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
+    sigma = float(np.median([c.sigma for c in tracks]))
+
+    def finish(positions, cap):
+        f = C.fit_columns_stack(frames, positions, sigma=sigma, background_order=order, rounds=1, fit_positions=False)
+        others = C.smooth_in_time(f, window=window, drift=drift, leave_out=True)
+        f = C.smooth_in_time(f, window=window, drift=drift)
+        if cap:
+            for i, (c, o) in enumerate(zip(f, others)):
+                h, w = c.shape
+                out = (c.positions < 0).any(1) | (c.positions[:, 0] > h - 1) | (c.positions[:, 1] > w - 1)
+                a = c.amplitudes.copy()
+                a[out] = np.minimum(o.amplitudes[out], a[~out].max() if (~out).any() else np.inf)
+                f[i] = dataclasses.replace(c, amplitudes=a)
+        img = np.stack([C.render_columns(c) for c in f])
+        return (f"| {np.mean([len(c.positions) for c in f]):.0f} | {np.median([c.sigma for c in f]):.2f} "
+                f"| {_mean_css(img):.4f} | {_affine_psnr(img, clean):.2f} | {_f1(img, truth)['f1']:.3f} |")
+    print("\n| `refine=movie` | columns/frame | σ px | CSS | PSNR dB | F1 |\n|---|---|---|---|---|---|")
+    print("| as shipped " + finish([c.positions for c in tracks], False))
+    for margin in (None, 4.0):
+        extra = _columns_beyond_edges(fitted, window=window, drift=drift, margin=margin)
+        both = [np.concatenate([c.positions, e]) for c, e in zip(tracks, extra)]
+        for cap in (False, True):
+            print(f"| + neighbours' columns ≤ {'2σ' if margin is None else f'{margin:g} px'} beyond the edge"
+                  f"{', amplitudes from the track, capped' if cap else ''} " + finish(both, cap))
 
 
 def select(args) -> None:
@@ -312,6 +413,11 @@ def main(argv=None) -> int:
     rr.add_argument("--peak", type=float, default=3.0)
     rr.add_argument("--seed", type=int, default=0)
     rr.add_argument("--tries", type=int, default=3)
+    ce = sub.add_parser("css-edges")
+    ce.add_argument("--frames", type=int, default=16)
+    ce.add_argument("--peak", type=float, default=3.0)
+    ce.add_argument("--seed", type=int, default=1)
+    ce.add_argument("--background", type=float, default=0.5, help="gradient strength (0: flat)")
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
@@ -323,7 +429,7 @@ def main(argv=None) -> int:
         from jaxdn.allocator import maybe_reexec
         maybe_reexec()  # JAX under jemalloc when installed, as the `jaxdn` command runs
     {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling,
-     "refine-large": refine_large, "refine-repro": refine_repro}[args.cmd](args)
+     "refine-large": refine_large, "refine-repro": refine_repro, "css-edges": css_edges}[args.cmd](args)
     return 0
 
 
