@@ -147,59 +147,21 @@ def refine_repro(args) -> None:
               flush=True)
 
 
-def _columns_beyond_edges(frames, *, window: int = 2, drift=None, margin: float | None = None,
-                         min_distance: float | None = None):
-    """Per frame t, (M_t, 2) positions px of columns the neighbouring frames show but frame t has only
-    the tail of: centred outside frame t, at most `margin` px (default 2σ) beyond its edge.
-
-    A drifting field of view cuts columns at its edges; their tails are visible in frame t, but the
-    atom map (like any peak finder) seeds only columns centred inside. Frames t − window … t + window
-    that hold such a column inside their own field of view give its position (shifted by the
-    `drift` (T, 2) from `movie_drift`, default zero); of candidates closer than `min_distance`
-    (default σ) to a column of frame t or to each other, one is kept.
-    """
-    import numpy as np
-    from scipy.spatial import cKDTree
-    t_n = len(frames)
-    drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
-    out = []
-    for t, cols in enumerate(frames):
-        h, w = cols.shape
-        m = 2.0 * cols.sigma if margin is None else float(margin)
-        dmin = cols.sigma if min_distance is None else float(min_distance)
-        cand = [frames[u].positions - drift[u] + drift[t] for u in range(max(0, t - window), min(t_n, t + window + 1))
-                if u != t and len(frames[u].positions)]
-        cand = np.concatenate(cand) if cand else np.zeros((0, 2))
-        r, c = cand[:, 0], cand[:, 1]
-        outside = (r < 0) | (r > h - 1) | (c < 0) | (c > w - 1)
-        near = (r > -m) & (r < h - 1 + m) & (c > -m) & (c < w - 1 + m)
-        cand = cand[outside & near]
-        if len(cand) and len(cols.positions):
-            d, _ = cKDTree(cols.positions).query(cand, distance_upper_bound=dmin)
-            cand = cand[~np.isfinite(d)]
-        kept = []
-        for p in cand:    # greedy thinning: one candidate per column (a few dozen per frame)
-            if all(np.hypot(*(p - q)) >= dmin for q in kept):
-                kept.append(p)
-        out.append(np.asarray(kept, np.float64).reshape(-1, 2))
-    return out
-
-
-
 def css_edges(args) -> None:
     """Where the CSS of the `refine=movie` output stands against the clean movie's own CSS, and why.
 
     (1) The clean movie's columns refitted (true positions held, σ and amplitudes fitted, constant
     background) and rendered as `refine` renders: only columns centred inside the frame, then also
-    those up to 3 and 6 px beyond its edges. (2) The `refine=movie` pipeline as shipped, then with
-    the columns centred just beyond each frame's edge taken from the neighbouring frames
-    (`_columns_beyond_edges`, an experiment, not in the library) and their amplitudes from the
-    other frames of their track, capped at the frame's brightest column."""
+    those up to 3 and 6 px beyond its edges. (2) The `refine=movie` column fit without the columns
+    beyond each frame's edge (the session-11 pipeline), then as shipped (`fit_movie_columns`: those
+    columns from the neighbouring frames, `columns.columns_beyond_edges`, held at the neighbours'
+    amplitudes), then the session-11 experiment: the same columns fitted freely, their amplitudes
+    replaced by their track's, capped at the frame's brightest column."""
     import dataclasses
     import jax
     import numpy as np
     from jaxdn import columns as C
-    from jaxdn.methods.noise2atom import denoise
+    from jaxdn.methods.noise2atom import denoise, fit_movie_columns
     from jaxdn.metrics import find_atoms
     from jaxdn.simulate import atoms
     from jaxdn.train.noise2atom import _affine_psnr, _f1, _mean_css, simulated_movie
@@ -223,6 +185,11 @@ def css_edges(args) -> None:
     tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
     sigma = float(np.median([c.sigma for c in tracks]))
 
+    def row(f):
+        img = np.stack([C.render_columns(c) for c in f])
+        return (f"| {np.mean([len(c.positions) for c in f]):.0f} | {np.median([c.sigma for c in f]):.2f} "
+                f"| {_mean_css(img):.4f} | {_affine_psnr(img, clean):.2f} | {_f1(img, truth)['f1']:.3f} |")
+
     def finish(positions, cap):
         f = C.fit_columns_stack(frames, positions, sigma=sigma, background_order=order, rounds=1, fit_positions=False)
         others = C.smooth_in_time(f, window=window, drift=drift, leave_out=True)
@@ -234,17 +201,18 @@ def css_edges(args) -> None:
                 a = c.amplitudes.copy()
                 a[out] = np.minimum(o.amplitudes[out], a[~out].max() if (~out).any() else np.inf)
                 f[i] = dataclasses.replace(c, amplitudes=a)
-        img = np.stack([C.render_columns(c) for c in f])
-        return (f"| {np.mean([len(c.positions) for c in f]):.0f} | {np.median([c.sigma for c in f]):.2f} "
-                f"| {_mean_css(img):.4f} | {_affine_psnr(img, clean):.2f} | {_f1(img, truth)['f1']:.3f} |")
+        return row(f)
     print("\n| `refine=movie` | columns/frame | σ px | CSS | PSNR dB | F1 |\n|---|---|---|---|---|---|")
-    print("| as shipped " + finish([c.positions for c in tracks], False))
-    for margin in (None, 4.0):
-        extra = _columns_beyond_edges(fitted, window=window, drift=drift, margin=margin)
-        both = [np.concatenate([c.positions, e]) for c, e in zip(tracks, extra)]
-        for cap in (False, True):
-            print(f"| + neighbours' columns ≤ {'2σ' if margin is None else f'{margin:g} px'} beyond the edge"
-                  f"{', amplitudes from the track, capped' if cap else ''} " + finish(both, cap))
+    print("| columns centred inside only (session 11) " + finish([c.positions for c in tracks], False))
+    print("| + neighbours' columns ≤ 3σ beyond the edge, held at their amplitudes (shipped) "
+          + row(fit_movie_columns(frames, atom_maps=maps, track_window=window, background_order=order)))
+    inside = C.fit_columns_stack(frames, [c.positions for c in tracks], sigma=sigma, background_order=order,
+                                 rounds=1, fit_positions=False)
+    extra = [e for e, _ in C.columns_beyond_edges(inside, window=window, drift=drift)]
+    both = [np.concatenate([c.positions, e]) for c, e in zip(tracks, extra)]
+    for cap in (False, True):
+        print(f"| + the same columns fitted{', amplitudes from the track, capped' if cap else ''} "
+              + finish(both, cap))
 
 
 def select(args) -> None:

@@ -88,8 +88,11 @@ def _render(pos, amp, sigma, shape, radius):
     return canvas[pad:pad + h, pad:pad + w]
 
 
-def _fit(y, pos0, amp0, mask, sigma0, prior_weight, *, shape, radius, order, iters, free_positions, free_sigma):
+def _fit(y, pos0, amp0, mask, held, sigma0, prior_weight, *, shape, radius, order, iters, free_positions, free_sigma):
     """L-BFGS least squares of the column model to normalised frame y; returns (pos, amp, sigma, bg, loss).
+
+    `held` (N,): 1 where a column's amplitude and position are known (held at amp0, pos0: part of
+    the model, not fitted), else 0.
 
     `free_positions` / `free_sigma` (static): whether positions / σ are fitted or held at their start.
     `prior_weight` (scalar): weight of the Gaussian prior Σ|p − p0|² that ties free positions to their
@@ -110,9 +113,11 @@ def _fit(y, pos0, amp0, mask, sigma0, prior_weight, *, shape, radius, order, ite
 
     def unpack(theta):
         pos = theta["pos"] if free_positions else jax.lax.stop_gradient(theta["pos"])
+        pos = jnp.where(held[:, None] > 0, pos0, pos)
+        amp = jnp.where(held > 0, amp0, theta["amp"])
         log_sigma = theta["log_sigma"] * sigma_scale
         log_sigma = log_sigma if free_sigma else jax.lax.stop_gradient(log_sigma)
-        return pos, theta["amp"] * mask, jnp.exp(log_sigma), theta["bg"] * bg_scale
+        return pos, amp * mask, jnp.exp(log_sigma), theta["bg"] * bg_scale
 
     def loss(theta):
         pos, amp, sigma, bg = unpack(theta)
@@ -191,7 +196,7 @@ def _spans(n: int, tile: int, margin: int):
 
 def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters=150, min_rel_amplitude=0.3,
                       min_distance=None, rounds=2, fit_positions=True, position_prior=0.5, tile=512,
-                      progress=False) -> list[Columns]:
+                      held_amplitudes=None, progress=False) -> list[Columns]:
     """Fit Gaussian columns to every frame of a stack, each from its own start positions.
 
     Args:
@@ -217,6 +222,9 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
       tile: frames larger than this (px) are fitted in overlapping windows of this size (bounded
         memory; one compilation); each column belongs to the window whose core holds it, σ is the
         frame's median over windows, and `Columns.background` is then only the median constant.
+      held_amplitudes: None, or T arrays (N_t,) of known amplitudes (input units) aligned with
+        `positions`; a finite entry holds that column at its position and amplitude (part of the
+        model — its tail is fitted around — never pruned, returned as given), NaN fits it.
       progress: progress bar over frames.
     Returns:
       T `Columns` in the frames' units (positions may lie just outside the frame).
@@ -231,6 +239,13 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
         raise InputError("fit_columns: frames have NaN/inf pixels")
     if float(sigma) <= 0:
         raise InputError(f"sigma must be positive, got {sigma}")
+    positions = [np.asarray(p, np.float64).reshape(-1, 2) for p in positions]
+    if held_amplitudes is None:
+        held = [np.full(len(p), np.nan) for p in positions]
+    else:
+        held = [np.asarray(a, np.float64).reshape(-1) for a in held_amplitudes]
+        if len(held) != len(imgs) or any(len(a) != len(p) for a, p in zip(held, positions)):
+            raise InputError("held_amplitudes must hold one amplitude (or NaN) per start position of every frame")
     t_n, h, w = imgs.shape
     radius = _window_radius(float(sigma))
     margin = 3 * radius
@@ -240,7 +255,7 @@ def fit_columns_stack(frames, positions, *, sigma=1.5, background_order=2, iters
     opts = dict(sigma=float(sigma), order=int(background_order), iters=int(iters), min_rel=min_rel_amplitude,
                 min_distance=min_distance, rounds=max(1, int(rounds)), fit_positions=bool(fit_positions), radius=radius,
                 position_prior=float(position_prior) if position_prior else 0.0)
-    return [_fit_frame(imgs[t], np.asarray(positions[t], np.float64).reshape(-1, 2), windows, **opts)
+    return [_fit_frame(imgs[t], positions[t], held[t], windows, **opts)
             for t in tqdm(range(t_n), desc="column fit", unit="frame", disable=not progress)]
 
 
@@ -255,9 +270,10 @@ def noise_sigma(image) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(signal.convolve2d(img, kernel, mode="valid")).mean() / 6)
 
 
-def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sigma, position_prior):
-    """Fit one (h, w) window from start positions (N, 2) in window coordinates; returns
-    (pos, amp, σ, bg) in window coordinates and the image's units."""
+def _fit_window(img, pos, held, sig, *, order, iters, radius, free_positions, free_sigma, position_prior):
+    """Fit one (h, w) window from start positions (N, 2) in window coordinates and held amplitudes
+    (N,) in the image's units (NaN: fitted); returns (pos, amp, σ, bg) in window coordinates and the
+    image's units."""
     import jax.numpy as jnp
     from scipy import ndimage
     h, w = img.shape
@@ -271,59 +287,73 @@ def _fit_window(img, pos, sig, *, order, iters, radius, free_positions, free_sig
     rr = np.clip(np.round(pos[:, 0]).astype(int), 0, h - 1)
     cc = np.clip(np.round(pos[:, 1]).astype(int), 0, w - 1)
     a0 = np.zeros(m, np.float32)
-    a0[:n] = np.maximum(smooth[rr, cc] - np.median(smooth), 0.05)
+    known = np.isfinite(held)
+    a0[:n] = np.where(known, np.nan_to_num(held) / scale, np.maximum(smooth[rr, cc] - np.median(smooth), 0.05))
     mask = np.zeros(m, np.float32)
     mask[:n] = 1.0
+    hold = np.zeros(m, np.float32)
+    hold[:n] = known
     # MAP positions: Gaussian noise of the window's own level, start positions ± `position_prior` px
     prior = noise_sigma(y) ** 2 / position_prior ** 2 if position_prior else 0.0
     fit = _jitted_fit((h, w), radius, order, iters, free_positions, free_sigma)
     pf, af, sf, bf, _ = fit(jnp.asarray(y, jnp.float32), jnp.asarray(p0), jnp.asarray(a0), jnp.asarray(mask),
-                            jnp.float32(sig), jnp.float32(prior))
+                            jnp.asarray(hold), jnp.float32(sig), jnp.float32(prior))
     bg = np.asarray(bf, np.float64) * scale
     bg[0, 0] += lo
     return np.asarray(pf[:n], np.float64), np.asarray(af[:n], np.float64) * scale, float(sf), bg
 
 
-def _fit_frame(img, pos, windows, *, sigma, order, iters, min_rel, min_distance, rounds, fit_positions, radius,
+def _fit_windows(img, pos, held, windows, sig, *, free_positions, free_sigma, **opts):
+    """One fit of every window of a frame: (pos, amp, held, σ per window, columns per window, bg per window)."""
+    h, w = img.shape
+    new_pos, new_amp, new_held, sigs, counts, bgs = [], [], [], [], [], []
+    for (r0, th, rlo, rhi), (c0, tw, clo, chi) in windows:
+        # seeds in the window; a window on the frame's edge also takes seeds beyond that edge
+        inside = ((pos[:, 0] >= (r0 if r0 > 0 else -np.inf)) & (pos[:, 0] < (r0 + th if r0 + th < h else np.inf))
+                  & (pos[:, 1] >= (c0 if c0 > 0 else -np.inf)) & (pos[:, 1] < (c0 + tw if c0 + tw < w else np.inf)))
+        if not inside.any():
+            continue
+        p, a, s, bg = _fit_window(img[r0:r0 + th, c0:c0 + tw], pos[inside] - (r0, c0), held[inside], sig,
+                                  free_positions=free_positions, free_sigma=free_sigma, **opts)
+        p = p + (r0, c0)
+        core = (p[:, 0] >= rlo) & (p[:, 0] < rhi) & (p[:, 1] >= clo) & (p[:, 1] < chi)
+        new_pos.append(p[core])
+        new_amp.append(np.where(np.isfinite(held[inside]), held[inside], a)[core])
+        new_held.append(held[inside][core])
+        sigs.append(s)
+        counts.append(int(core.sum()))
+        bgs.append(bg)
+    if not new_pos:
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0), sigs, counts, bgs
+    return np.concatenate(new_pos), np.concatenate(new_amp), np.concatenate(new_held), sigs, counts, bgs
+
+
+def _fit_frame(img, pos, held, windows, *, sigma, order, iters, min_rel, min_distance, rounds, fit_positions, radius,
                position_prior) -> Columns:
     h, w = img.shape
     sig = sigma
     amp = np.zeros(0)
     bgs = [np.zeros((order + 1, order + 1))]
+    opts = dict(order=order, iters=iters, radius=radius, position_prior=position_prior)
     for rnd in range(rounds):
         # Round 1 fits σ with the columns held at their start (the atom map's positions); later
         # rounds fit the positions at that σ. Fitting both at once on low-dose frames narrows σ
         # (the positions chase the shot noise: 0.71 px for a true 1.07 px at 3 e⁻).
         free_positions, free_sigma = (rnd > 0 or rounds == 1) and fit_positions, rnd == 0
-        new_pos, new_amp, sigs, counts, bgs = [], [], [], [], []
-        for (r0, th, rlo, rhi), (c0, tw, clo, chi) in windows:
-            # seeds in the window; a window on the frame's edge also takes seeds beyond that edge
-            inside = ((pos[:, 0] >= (r0 if r0 > 0 else -np.inf)) & (pos[:, 0] < (r0 + th if r0 + th < h else np.inf))
-                      & (pos[:, 1] >= (c0 if c0 > 0 else -np.inf)) & (pos[:, 1] < (c0 + tw if c0 + tw < w else np.inf)))
-            if not inside.any():
-                continue
-            p, a, s, bg = _fit_window(img[r0:r0 + th, c0:c0 + tw], pos[inside] - (r0, c0), sig, order=order,
-                                      iters=iters, radius=radius, free_positions=free_positions, free_sigma=free_sigma,
-                                      position_prior=position_prior)
-            p = p + (r0, c0)
-            core = (p[:, 0] >= rlo) & (p[:, 0] < rhi) & (p[:, 1] >= clo) & (p[:, 1] < chi)
-            new_pos.append(p[core])
-            new_amp.append(a[core])
-            sigs.append(s)
-            counts.append(int(core.sum()))
-            bgs.append(bg)
-        if not new_pos:
-            pos, amp = np.zeros((0, 2)), np.zeros(0)
+        p, a, hd, sigs, counts, bgs = _fit_windows(img, pos, held, windows, sig, free_positions=free_positions,
+                                                   free_sigma=free_sigma, **opts)
+        if not len(p):
+            pos, amp = p, a
             break
-        pos, amp = np.concatenate(new_pos), np.concatenate(new_amp)
         if free_sigma:
             sig = float(np.median(np.repeat(sigs, np.maximum(counts, 1))))
             # resolved columns only: σ at most half the median nearest-neighbour spacing (on dense
             # clusters the seeds are sparse and the free fit grows σ to cover them: 9.9 px on a Pt frame)
-            sig = min(sig, 0.5 * median_spacing(pos, fallback=2 * sig))
+            sig = min(sig, 0.5 * median_spacing(p, fallback=2 * sig))
+        pos, amp, held = p, a, hd
         if rnd < rounds - 1:
-            keep = _prune(pos, amp, h, w, sig, min_rel, min_distance or sig)
-            pos, amp = pos[keep], amp[keep]
+            keep = _prune(pos, amp, h, w, sig, min_rel, min_distance or sig) | np.isfinite(held)
+            pos, amp, held = pos[keep], amp[keep], held[keep]
     positive = amp > 0          # a column is bright: a negative fit is a hole in the background, not a column
     pos, amp = pos[positive], amp[positive]
     if len(bgs) == 1:
@@ -488,6 +518,55 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
         out.append(Columns(positions=pos_sum / count[:, None] + drift[t], amplitudes=amp_sum / count,
                            sigma=float(np.mean(sig or [cols.sigma])), background=cols.background,
                            background_order=cols.background_order, shape=cols.shape))
+    return out
+
+
+def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, margin: float | None = None,
+                         min_distance: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Columns just beyond each frame's edge, seen whole by its neighbours: per frame t a pair
+    (positions (M_t, 2) px in frame t's coordinates, amplitudes (M_t,) in the frames' units).
+
+    A drifting field of view cuts columns at its edges: frame t shows their tails, but its atom map
+    (like any peak finder) seeds only columns centred inside. Frames t − window … t + window that
+    hold such a column inside their own field of view give its position (shifted by `drift` (T, 2)
+    from `movie_drift`, default zero) and amplitude; kept are those centred outside frame t, at most
+    `margin` px (default 3σ) beyond its edge, and not within `min_distance` (default σ) of a column
+    of frame t. Candidates of several neighbours within `min_distance` of each other are one column
+    (mean position and amplitude).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    t_n = len(frames)
+    drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
+    out = []
+    for t, cols in enumerate(frames):
+        h, w = cols.shape
+        m = 3.0 * cols.sigma if margin is None else float(margin)
+        dmin = cols.sigma if min_distance is None else float(min_distance)
+        pos, amp = [np.zeros((0, 2))], [np.zeros(0)]
+        for u in range(max(0, t - window), min(t_n, t + window + 1)):
+            p = frames[u].positions.reshape(-1, 2)
+            whole = (p[:, 0] >= 0) & (p[:, 0] <= h - 1) & (p[:, 1] >= 0) & (p[:, 1] <= w - 1)
+            if u != t:
+                pos.append(p[whole] - drift[u] + drift[t])
+                amp.append(frames[u].amplitudes[whole])
+        pos, amp = np.concatenate(pos), np.concatenate(amp)
+        r, c = pos[:, 0], pos[:, 1]
+        outside = (r < 0) | (r > h - 1) | (c < 0) | (c > w - 1)
+        near = (r > -m) & (r < h - 1 + m) & (c > -m) & (c < w - 1 + m)
+        pos, amp = pos[outside & near], amp[outside & near]
+        if len(pos) and len(cols.positions):
+            d, _ = cKDTree(cols.positions).query(pos, distance_upper_bound=dmin)
+            pos, amp = pos[~np.isfinite(d)], amp[~np.isfinite(d)]
+        if len(pos):
+            pairs = cKDTree(pos).query_pairs(dmin, output_type="ndarray")
+            graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
+            n, label = connected_components(graph, directed=False)
+            count = np.bincount(label, minlength=n)
+            pos = np.column_stack([np.bincount(label, pos[:, i], n) / count for i in (0, 1)])
+            amp = np.bincount(label, amp, n) / count
+        out.append((pos.reshape(-1, 2), amp))
     return out
 
 

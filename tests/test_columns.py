@@ -150,6 +150,87 @@ def test_fit_stack_is_deterministic_and_frames_are_independent():
     np.testing.assert_allclose(a[1].positions, single.positions, atol=1e-4)
 
 
+def test_fit_with_an_edge_column_held_fits_the_interior_as_if_the_whole_field_were_seen():
+    """A column centred just beyond the frame's edge leaves its tail inside: without a seed the fit
+    widens and brightens its neighbours to cover the tail; held at its known amplitude and position
+    it is part of the model, returned exactly as given, and the inside columns and σ come out right."""
+    rng = np.random.default_rng(11)
+    shape = (40, 40)
+    inside = _grid(shape, 9.0, 4.0) + rng.uniform(-0.3, 0.3, (16, 2))
+    beyond = np.array([[-1.5, 13.0], [20.0, 41.2]])                 # above row 0, right of the last column
+    amp_in = rng.uniform(6.0, 10.0, len(inside))
+    amp_out = np.array([9.0, 7.0])
+    sigma = 2.0
+    frame = _dense(np.concatenate([inside, beyond]), np.concatenate([amp_in, amp_out]), sigma, shape)
+    frame = frame + 1.0 + rng.normal(0, 0.05, shape)
+    opts = dict(sigma=1.5, background_order=0, rounds=1, fit_positions=False)
+    seen = C.fit_columns_stack(frame[None], [inside], **opts)[0]
+    held = C.fit_columns_stack(frame[None], [np.concatenate([inside, beyond])],
+                               held_amplitudes=[np.concatenate([np.full(len(inside), np.nan), amp_out])], **opts)[0]
+    assert len(held.positions) == len(inside) + 2
+    np.testing.assert_array_equal(held.amplitudes[-2:], amp_out)
+    np.testing.assert_allclose(held.positions[-2:], beyond, atol=1e-5)
+    np.testing.assert_allclose(held.amplitudes[:-2], amp_in, rtol=0.01)
+    assert abs(held.sigma - sigma) < 0.01
+    np.testing.assert_allclose(C.render_columns(held, background=True), frame, atol=0.2)
+    # the inside-only fit is measurably off: that is what holding the edge columns corrects
+    err_seen = np.abs(seen.amplitudes / amp_in - 1).max()
+    assert err_seen > 5 * np.abs(held.amplitudes[:-2] / amp_in - 1).max()
+
+
+def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
+    """Analytic case: a drifting lattice seen through a 40² window. Frame t's edge candidates are the
+    lattice columns centred outside it, within the margin, that frames t ± window hold inside theirs,
+    at the mean of those frames' amplitudes; one beside a column of frame t itself is dropped."""
+    shape = (40, 40)
+    lattice = np.stack(np.meshgrid(np.arange(-18.0, 60.0, 8.0), np.arange(-18.0, 60.0, 8.0) + 2.5,
+                                   indexing="ij"), -1).reshape(-1, 2)
+    drift = np.array([[0.0, 0.0], [1.7, -1.1], [3.4, -2.2], [5.1, -3.3]])
+    amp = np.random.default_rng(4).uniform(0.5, 1.5, (len(drift), len(lattice)))
+    sigma, margin, window = 1.5, 4.0, 1
+
+    def visible(p):
+        return (p[:, 0] >= 0) & (p[:, 0] <= 39) & (p[:, 1] >= 0) & (p[:, 1] <= 39)
+
+    frames = []
+    for t, d in enumerate(drift):
+        p = lattice + d
+        frames.append(_cols(p[visible(p)], amp[t][visible(p)], sigma, shape))
+    # frame 1 also has its own column 0.8 px from where lattice column k, which frame 2 sees, lands
+    # beyond its top edge
+    p1 = lattice + drift[1]
+    k = int(np.flatnonzero(~visible(p1) & (p1[:, 0] > -margin) & visible(lattice + drift[2]))[0])
+    own = p1[k] + [-0.8, 0.0]
+    frames[1] = _cols(np.concatenate([frames[1].positions, [own]]), np.concatenate([frames[1].amplitudes, [1.0]]),
+                      sigma, shape)
+    got = C.columns_beyond_edges(frames, window=window, drift=drift, margin=margin)
+    assert len(got) == len(frames)
+    for t in range(len(drift)):
+        p = lattice + drift[t]
+        near = (p[:, 0] > -margin) & (p[:, 0] < 39 + margin) & (p[:, 1] > -margin) & (p[:, 1] < 39 + margin)
+        want_pos, want_amp = [], []
+        for j in np.flatnonzero(near & ~visible(p)):
+            if t == 1 and j == k:
+                continue
+            seers = [u for u in range(max(0, t - window), min(len(drift), t + window + 1))
+                     if u != t and visible((lattice[j] + drift[u])[None])[0]]
+            if seers:
+                want_pos.append(p[j])
+                want_amp.append(np.mean(amp[seers, j]))
+        pos, a = got[t]
+        assert pos.shape == (len(want_pos), 2) and a.shape == (len(want_pos),)
+        if not want_pos:
+            continue
+        order = np.lexsort(np.round(pos, 6).T[::-1])
+        want_pos, want_amp = np.array(want_pos), np.array(want_amp)
+        ref = np.lexsort(np.round(want_pos, 6).T[::-1])
+        np.testing.assert_allclose(pos[order], want_pos[ref], atol=1e-9)
+        np.testing.assert_allclose(a[order], want_amp[ref], atol=1e-12)
+    found = np.concatenate([pos for pos, _ in got])
+    # the case exercises the edges the drift uncovers and covers: top, bottom, left and right
+    assert (found[:, 0] < 0).any() and (found[:, 0] > 39).any() and (found[:, 1] < 0).any() and (found[:, 1] > 39).any()
+
+
 def test_movie_drift_recovers_a_known_shift():
     shape = (64, 64)
     base = _grid(shape, 9.0, 5.0)
@@ -251,6 +332,8 @@ def test_column_fit_refuses_bad_input():
         C.fit_columns_stack(np.zeros((2, 8, 8)), [np.zeros((1, 2))])
     with pytest.raises(InputError, match="sigma must be positive"):
         C.fit_columns(np.zeros((8, 8)), np.zeros((1, 2)), sigma=0)
+    with pytest.raises(InputError, match="held_amplitudes must hold one amplitude"):
+        C.fit_columns_stack(np.zeros((1, 8, 8)), [np.zeros((2, 2))], held_amplitudes=[np.zeros(3)])
 
 
 def test_noise2atom_refine_improves_fidelity_on_a_simulated_movie():

@@ -187,8 +187,18 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
         # (2 e⁻, gradient: 1.8 px for a true 2.14 px; 1.94 at the full tracks, 2.01 left out)
         tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
         sigma = float(np.median([c.sigma for c in tracks]))
-        fitted = C.fit_columns_stack(frames, [c.positions for c in tracks], sigma=sigma, background_order=order,
-                                     rounds=1, fit_positions=False, progress=progress)
+        positions = [c.positions for c in tracks]
+        fitted = C.fit_columns_stack(frames, positions, sigma=sigma, background_order=order, rounds=1,
+                                     fit_positions=False, progress=progress)
+        # the columns just beyond frame t's edge that neighbouring frames show whole: their tails are
+        # in frame t, but no seed is; held at the neighbours' amplitudes (fitted to a tail they come
+        # out too bright) while frame t is fitted again (seed 1, gradient: CSS 0.572 → 0.577, +0.1 dB)
+        edge = C.columns_beyond_edges(fitted, window=window, drift=drift)
+        if any(len(a) for _, a in edge):
+            fitted = C.fit_columns_stack(
+                frames, [np.concatenate([p, e]) for p, (e, _) in zip(positions, edge)], sigma=sigma,
+                background_order=order, rounds=1, fit_positions=False, progress=progress,
+                held_amplitudes=[np.concatenate([np.full(len(p), np.nan), a]) for p, (_, a) in zip(positions, edge)])
         fitted = C.smooth_in_time(fitted, window=window, drift=drift)
     return fitted
 
