@@ -35,7 +35,8 @@ def _add_denoise(sub) -> None:
                        description="Denoise images/stacks; writes OUTDIR/<stem>_denoised.tif with calibration kept.")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--example", action="store_true", help="denoise the bundled simulated STEM example stack")
-    p.add_argument("-o", "--outdir", default="denoised", help="output folder (default: denoised/)")
+    p.add_argument("-o", "--outdir", default="denoised",
+                   help="output folder (default: denoised/); a file name such as out.tif writes that file (one input)")
     p.add_argument("--output", help="output file (single input only); extension chooses the format")
     p.add_argument("-m", "--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"default: {DEFAULT_METHOD}")
     p.add_argument("--weights", help="weights file/folder (default: the shipped weights)")
@@ -63,6 +64,22 @@ def _add_denoise(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
 
+def _outdir_as_file(outdir: str, n_inputs: int, *, quiet: bool) -> str | None:
+    """`-o out.tif` names a file, not a folder: the output file for one input (None: a folder).
+
+    Raises JaxdnError for several inputs, which cannot share one file."""
+    from .io import SUPPORTED_EXTENSIONS, WRITABLE_EXTENSIONS
+    path = Path(outdir)
+    if path.is_dir() or not path.name.lower().endswith(tuple(SUPPORTED_EXTENSIONS) + WRITABLE_EXTENSIONS):
+        return None
+    if n_inputs != 1:
+        raise JaxdnError(f"-o {outdir} looks like a file name but -o is the output folder for {n_inputs} "
+                         "inputs; pass a folder")
+    if not quiet:
+        print(f"jaxdn: -o {outdir} is a file name: writing that file (as --output)", file=sys.stderr)
+    return outdir
+
+
 def _cmd_denoise(args) -> int:
     from .stream import interrupt_on_sigterm
     with interrupt_on_sigterm():
@@ -86,6 +103,7 @@ def _denoise_files(args) -> int:
     paths = batch.expand_inputs(inputs)
     if args.output and len(paths) != 1:
         raise JaxdnError("--output takes a single input; use -o OUTDIR for several")
+    args.output = args.output or _outdir_as_file(args.outdir, len(paths), quiet=args.quiet)
     outdir = Path(args.outdir)
     options = {k: v for k, v in (("patch_size", args.patch_size), ("memory_budget", args.memory_budget),
                                  ("max_stacks", args.max_stacks), ("refine", args.refine),

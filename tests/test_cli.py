@@ -242,3 +242,20 @@ def test_report_rescales_scale_free_outputs_only():
     same = (1000 * clean + 200).astype(np.float32)          # already on the input's scale
     shown, rescaled = on_input_scale(noisy, same)
     assert not rescaled and np.array_equal(shown, same)
+
+
+def test_dash_o_with_a_file_name_writes_that_file_for_one_input_and_refuses_several(tmp_path, noisy_tif, capsys):
+    target = tmp_path / "result.tif"
+    code, _, err = run(capsys, "denoise", str(noisy_tif), "-o", str(target), "-m", "identity")
+    assert code == 0, err
+    assert target.is_file() and "is a file name" in err
+    np.testing.assert_array_equal(io.read(target).data, io.read(noisy_tif).data)
+    assert (tmp_path / "result.tif.json").is_file()
+    # an existing folder named like a file is still a folder
+    folder = tmp_path / "looks.tif"
+    folder.mkdir()
+    code, _, err = run(capsys, "denoise", str(noisy_tif), "-o", str(folder), "-m", "identity")
+    assert code == 0 and (folder / "in_denoised.tif").is_file()
+    other = write_tif(tmp_path / "other.tif", np.ones((16, 16)))
+    code, _, err = run(capsys, "denoise", str(noisy_tif), str(other), "-o", str(tmp_path / "both.tif"), "-m", "identity")
+    assert code != 0 and "looks like a file name" in err and not (tmp_path / "both.tif").exists()
