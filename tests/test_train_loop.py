@@ -92,6 +92,23 @@ def test_config_json_round_trip():
         ["inner.sizes: [5] -> [8, 10, 12]", "scale: 2.0 -> None"]
 
 
+def test_fields_added_after_a_run_at_their_defaults_do_not_block_its_resume():
+    """A run written before `scale` and `inner.sizes` existed: at their declared defaults now they
+    are no difference; set to anything else, or a field without a default, they are."""
+    new = cfg_lib.to_dict(_Outer())
+    old = json.loads(json.dumps(new))
+    del old["scale"], old["inner"]["sizes"]
+    defaults = cfg_lib.field_defaults(_Outer())
+    assert defaults["inner"]["sizes"] == [8, 10, 12] and defaults["scale"] is None
+    assert cfg_lib.config_diff(old, new, defaults=defaults) == []
+    assert cfg_lib.config_diff(old, new) == ["inner.sizes: '<missing>' -> [8, 10, 12]", "scale: '<missing>' -> None"]
+    changed = cfg_lib.to_dict(cfg_lib.apply_overrides(_Outer(), ["inner.sizes=5"]))
+    assert cfg_lib.config_diff(old, changed, defaults=defaults) == ["inner.sizes: '<missing>' -> [5]"]
+    # a key the run had and the new config dropped is still a difference
+    old["gone"] = 1
+    assert cfg_lib.config_diff(old, new, defaults=defaults) == ["gone: 1 -> '<missing>'"]
+
+
 def test_missing_config_file_and_variant():
     with pytest.raises(InputError, match="not found"):
         cfg_lib.load_config("configs/does_not_exist.py")

@@ -245,22 +245,45 @@ def _from_json(v: Any, tp: Any) -> Any:
     return v
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any], *, ignore: Iterable[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two `to_dict` outputs, as ``"key: old -> new"``."""
+def field_defaults(config: Any) -> dict[str, Any]:
+    """Nested dict (as `to_dict`) of the declared defaults of a config dataclass's fields; fields
+    without a default are left out, nested dataclass values are walked."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = field_defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = to_dict({"v": f.default})["v"]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_dict({"v": f.default_factory()})["v"]
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], *, ignore: Iterable[str] = (),
+                defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two `to_dict` outputs, as ``"key: old -> new"``.
+
+    `defaults` (`field_defaults` of the new config): a key missing from `old` — a field added to the
+    config after that run was written — whose new value is its declared default is no difference."""
     ignore = set(ignore)
     out: list[str] = []
+    defaults = json.loads(json.dumps(defaults or {}))
 
-    def walk(a, b, prefix):
+    def walk(a, b, prefix, dflt):
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 key = f"{prefix}{k}"
                 if key in ignore:
                     continue
-                walk(a.get(k, "<missing>"), b.get(k, "<missing>"), key + ".")
+                sub = dflt.get(k, "<no default>") if isinstance(dflt, dict) else "<no default>"
+                if k not in a and k in b and sub != "<no default>" and b[k] == sub:
+                    continue
+                walk(a.get(k, "<missing>"), b.get(k, "<missing>"), key + ".", sub)
         elif a != b:
             out.append(f"{prefix.rstrip('.')}: {a!r} -> {b!r}")
 
-    walk(json.loads(json.dumps(old)), json.loads(json.dumps(new)), "")
+    walk(json.loads(json.dumps(old)), json.loads(json.dumps(new)), "", defaults)
     return out
 
 

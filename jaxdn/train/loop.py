@@ -161,7 +161,9 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
         resumed_from = None
         if latest is not None:
             meta = checkpointer.read_meta(latest)
-            diff = config_lib.config_diff(meta["config"], config_dict, ignore=config_lib.RESUME_SAFE_KEYS)
+            defaults = config_lib.field_defaults(config) if not isinstance(config, dict) else None
+            diff = config_lib.config_diff(meta["config"], config_dict, ignore=config_lib.RESUME_SAFE_KEYS,
+                                          defaults=defaults)
             if diff and not allow_config_change:
                 raise InputError(
                     f"{workdir} holds a run with a different config ({'; '.join(diff[:4])}); "
