@@ -13,12 +13,13 @@ Linux x86-64, so ``pip install`` brings it). ``JAXDN_ALLOCATOR=system|jemalloc|m
 from __future__ import annotations
 
 import ctypes.util
+import json
 import os
 import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["jemalloc_library", "mimalloc_library", "loaded_allocator", "reexec_env", "maybe_reexec",
+__all__ = ["jemalloc_library", "mimalloc_library", "loaded_allocator", "reexec_env", "restored_env", "maybe_reexec",
            "MALLOC_CONF", "ALLOCATORS"]
 
 # Keep dirty and muzzy pages for reuse: the process stays at its peak resident size, which for
@@ -28,6 +29,7 @@ MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
 ALLOCATORS = ("jemalloc", "mimalloc")  # in order of preference
 _GUARD = "JAXDN_ALLOCATOR_REEXEC"
+_SAVED = "JAXDN_ALLOCATOR_SAVED_ENV"   # the user's own values of the variables the re-execution sets
 _DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 
@@ -87,6 +89,8 @@ def reexec_env(environ: dict, *, platform: str, libraries: dict, loaded: str) ->
     if library is None:
         return None
     env = dict(environ)
+    touched = ("LD_PRELOAD", "MALLOC_CONF", *MIMALLOC_ENV)
+    env[_SAVED] = json.dumps({k: environ.get(k) for k in touched})
     env["LD_PRELOAD"] = " ".join(p for p in (library, environ.get("LD_PRELOAD", "")) if p)
     if name == "jemalloc":
         env.setdefault("MALLOC_CONF", MALLOC_CONF)
@@ -97,9 +101,33 @@ def reexec_env(environ: dict, *, platform: str, libraries: dict, loaded: str) ->
     return env
 
 
+def restored_env(environ: dict, *, loaded: str) -> dict:
+    """The re-executed process's environment with the user's own ``LD_PRELOAD`` / allocator settings
+    back (the allocator is loaded and configured by then), so programs it starts do not inherit the
+    preload; the re-execution guard is dropped too once the allocator is `loaded` (a ``jaxdn`` child
+    then chooses for itself), kept when the preload failed (no retry loop)."""
+    if _SAVED not in environ:
+        return dict(environ)
+    env = dict(environ)
+    for k, v in json.loads(env.pop(_SAVED)).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    if loaded != "system":
+        env.pop(_GUARD, None)
+    return env
+
+
 def maybe_reexec() -> None:
     """Replace this process by itself under jemalloc or mimalloc when `reexec_env` says so (before
-    JAX is imported: only the ``jaxdn`` console entry calls it, never library code)."""
+    JAX is imported: only the ``jaxdn`` console entry calls it, never library code). In the
+    re-executed process, restores the environment its children see (`restored_env`)."""
+    if _SAVED in os.environ:
+        env = restored_env(dict(os.environ), loaded=loaded_allocator())
+        os.environ.clear()
+        os.environ.update(env)
+        return
     env = reexec_env(dict(os.environ), platform=sys.platform,
                      libraries={"jemalloc": jemalloc_library(), "mimalloc": mimalloc_library()},
                      loaded=loaded_allocator())

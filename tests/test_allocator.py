@@ -93,16 +93,31 @@ _SETTING = {"jemalloc": ("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1"),
 
 @pytest.mark.parametrize("choice", ["jemalloc", "mimalloc", "system"])
 def test_maybe_reexec_runs_the_process_again_under_the_allocator(choice):
+    """The process runs again under the allocator with its arguments; the programs it starts see
+    the user's environment (no preload, no allocator settings) and run under the system allocator."""
     if not sys.platform.startswith("linux") or (choice != "system" and _LIBS[choice]() is None):
         pytest.skip(f"{choice} not installed")
     setting = _SETTING.get(choice, ("MALLOC_CONF", None))[0]
-    code = ("import os, sys; from jaxdn import allocator; allocator.maybe_reexec(); "
-            f"print(allocator.loaded_allocator(), os.environ.get({setting!r}), sys.argv[1:])")
+    child = "from jaxdn import allocator; print(allocator.loaded_allocator())"
+    code = ("import os, subprocess, sys; from jaxdn import allocator; allocator.maybe_reexec(); "
+            f"grandchild = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout; "
+            f"print(allocator.loaded_allocator(), os.environ.get({setting!r}), os.environ.get('LD_PRELOAD'), "
+            "os.environ.get('JAXDN_ALLOCATOR_REEXEC'), grandchild.strip(), sys.argv[1:])")
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC") and not k.startswith("MIMALLOC_")}
     env["JAXDN_ALLOCATOR"] = choice
     out = subprocess.run([sys.executable, "-c", code, "a b", "c"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split(maxsplit=2)
+                         timeout=60, check=True).stdout.split(maxsplit=5)
     assert out[0] == choice
-    assert out[1] == str(_SETTING.get(choice, (None, None))[1])
-    assert out[2].strip() == "['a b', 'c']"   # arguments survive the re-execution unchanged
+    assert out[1:4] == ["None", "None", "None"]     # restored: the user had none of them
+    assert out[4] == "system"                       # a child program is not preloaded
+    assert out[5].strip() == "['a b', 'c']"         # arguments survive the re-execution unchanged
+
+
+def test_restored_env_gives_back_the_users_values():
+    env = _env(environ={"LD_PRELOAD": "libfoo.so", "PATH": "/bin"})
+    back = allocator.restored_env(env, loaded="jemalloc")
+    assert back == {"LD_PRELOAD": "libfoo.so", "PATH": "/bin"}
+    failed = allocator.restored_env(env, loaded="system")    # preload failed: keep the guard, no loop
+    assert failed["JAXDN_ALLOCATOR_REEXEC"] == "1" and failed["LD_PRELOAD"] == "libfoo.so"
+    assert allocator.restored_env({"PATH": "/bin"}, loaded="system") == {"PATH": "/bin"}
