@@ -302,12 +302,17 @@ def test_movie_refine_recovers_a_column_one_frame_of_the_atom_map_misses():
     assert abs(movie[1].sigma - 1.8) < 0.05
 
 
+def _link_weight_reference(d, tol):
+    d = np.asarray(d, np.float64)
+    return np.where(d <= tol / 2, 1.0, np.where(d < tol, (1 - ((2 * d - tol) / tol) ** 2) ** 2, 0.0))
+
+
 def test_smooth_in_time_averages_tracks_and_leaves_movers_alone():
     shape = (50, 50)
     rng = np.random.default_rng(3)
     base = _grid(shape, 10.0, 5.0)
     drift = np.array([[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]])
-    noise = rng.normal(0, 0.2, (3,) + base.shape)
+    noise = rng.normal(0, 0.35, (3,) + base.shape)
     amps = rng.uniform(0.8, 1.2, (3, len(base)))
     frames = [_cols(base + drift[t] + noise[t], amps[t], 1.5, shape) for t in range(3)]
     # column 0 of the last frame hops by 5 px: it is not linked to its earlier positions
@@ -315,12 +320,40 @@ def test_smooth_in_time_averages_tracks_and_leaves_movers_alone():
                       amps[2], 1.5, shape)
     out = C.smooth_in_time(frames, window=1, drift=drift)
     mid = out[1]
-    ref_mid = base[1:] + drift[1] + noise[:, 1:].mean(axis=0)
-    np.testing.assert_allclose(mid.positions[1:], ref_mid, atol=1e-9)
-    np.testing.assert_allclose(mid.amplitudes[1:], amps[:, 1:].mean(axis=0), atol=1e-9)
-    np.testing.assert_allclose(mid.positions[0], base[0] + drift[1] + noise[:2, 0].mean(axis=0), atol=1e-9)
+    # reference: frame 1's own values at weight 1, each link at distance d at 1 up to σ/2, then
+    # (1 − s²)², s = (d − σ/2) / (σ/2)
+    d = np.linalg.norm(noise - noise[1], axis=-1)                  # (3, N) drift-corrected distances
+    w = _link_weight_reference(d, 1.5)
+    links = w[[0, 2]]
+    assert ((links > 0) & (links < 0.9)).sum() >= 3 and (links == 1).mean() > 0.5   # full and tapered links
+    ref_mid = base + drift[1] + (w[..., None] * noise).sum(0) / w.sum(0)[:, None]
+    np.testing.assert_allclose(mid.positions[1:], ref_mid[1:], atol=1e-9)
+    np.testing.assert_allclose(mid.amplitudes[1:], (w * amps).sum(0)[1:] / w.sum(0)[1:], atol=1e-9)
+    w0 = w[:2, 0]                                                    # column 0 of frame 2 hopped away
+    np.testing.assert_allclose(mid.positions[0], base[0] + drift[1] + (w0[:, None] * noise[:2, 0]).sum(0) / w0.sum(),
+                               atol=1e-9)
     np.testing.assert_allclose(out[2].positions[0], base[0] + drift[2] + [5.0, 0.0], atol=1e-9)
     assert mid.sigma == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_smooth_in_time_is_continuous_as_a_link_crosses_the_tolerance(leave_out):
+    """A neighbour's column moved from just inside to just outside the link tolerance changes the
+    smoothed column by next to nothing (a hard threshold jumps by a sizeable part of the distance)."""
+    shape = (30, 30)
+    tol = 1.5
+    results = []
+    for d in (tol - 1e-6, tol + 1e-6):
+        frames = [_cols([[10.0, 10.0]], [1.0], tol, shape), _cols([[10.0 + d, 10.0]], [2.0], tol, shape),
+                  _cols([[11.0, 10.0]], [1.5], tol, shape)]
+        results.append(C.smooth_in_time(frames, window=2, leave_out=leave_out)[0])
+    np.testing.assert_allclose(results[0].positions, results[1].positions, atol=1e-6)
+    np.testing.assert_allclose(results[0].amplitudes, results[1].amplitudes, atol=1e-6)
+    # the one link left (1.0 px away, weight (1 − (1/3)²)² = 0.79): frame 0's own value weighs
+    # 1 − 0.79 when left out
+    w = (1 - (1 / 3) ** 2) ** 2
+    want = (1.5 * w + 1.0 * (1 - w)) / 1.0 if leave_out else (1.0 + 1.5 * w) / (1 + w)
+    assert results[1].amplitudes[0] == pytest.approx(want)
 
 
 def test_column_fit_refuses_bad_input():
