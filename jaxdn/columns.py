@@ -511,7 +511,7 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
     for t, cols in enumerate(frames):
         q = corrected[t]
         tol = float(tolerance) if tolerance else cols.sigma
-        pos_sum, amp_sum, count = np.zeros_like(q), np.zeros(len(q)), np.zeros(len(q))
+        pos_sum, amp_sum, weight = np.zeros_like(q), np.zeros(len(q)), np.zeros(len(q))
         sig = [] if leave_out else [cols.sigma]
         for u in range(max(0, t - window), min(t_n, t + window + 1)):
             if u == t or trees[u] is None or not len(q):
@@ -522,11 +522,11 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
             wgt[hit] = _link_weight(d[hit], tol)
             pos_sum[hit] += wgt[hit, None] * corrected[u][j[hit]]
             amp_sum[hit] += wgt[hit] * frames[u].amplitudes[j[hit]]
-            count += wgt
+            weight += wgt
             sig.append(frames[u].sigma)
-        own = np.maximum(0.0, 1.0 - count) if leave_out else np.ones(len(q))
-        pos_sum, amp_sum, count = pos_sum + own[:, None] * q, amp_sum + own * cols.amplitudes, count + own
-        out.append(Columns(positions=pos_sum / count[:, None] + drift[t], amplitudes=amp_sum / count,
+        own = np.maximum(0.0, 1.0 - weight) if leave_out else np.ones(len(q))
+        pos_sum, amp_sum, weight = pos_sum + own[:, None] * q, amp_sum + own * cols.amplitudes, weight + own
+        out.append(Columns(positions=pos_sum / weight[:, None] + drift[t], amplitudes=amp_sum / weight,
                            sigma=float(np.mean(sig or [cols.sigma])), background=cols.background,
                            background_order=cols.background_order, shape=cols.shape))
     return out
