@@ -14,8 +14,9 @@ background; columns the data does not support are dropped), and the output is th
 in the input's units with the background removed. ``refine="movie"`` uses the neighbouring
 frames too (±`track_window`, after rigid drift correction, `columns.movie_drift` with steps below
 half the column spacing): the seeds come from the drift-registered mean of the atom maps
-(`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), each
-column's position is averaged along its track in the other frames (`columns.smooth_in_time`;
+(`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), the
+positions are fitted to the drift-registered mean of the input frames (the dose of the whole window),
+each column's position is averaged along its track in the other frames (`columns.smooth_in_time`;
 columns that move more than σ between frames are not averaged), σ and the amplitudes are fitted
 again at those positions, and the amplitudes averaged along the tracks. Streamed stacks get the
 frames this needs around each chunk (`stream_halo`).
@@ -180,7 +181,11 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     if movie:   # drift steps below half the column spacing: a crystal also correlates at its lattice vectors
         drift = C.lattice_drift(atom_maps, [find_atoms(m) for m in atom_maps])
     seeds = C.registered_mean(atom_maps, drift, window=window) if movie else atom_maps
-    fitted = C.fit_columns_stack(frames, [find_atoms(m) for m in seeds], background_order=order, progress=progress)
+    # movie: positions (and a first σ) from the drift-registered mean of the frames themselves, 2·window + 1
+    # times the dose of one frame; fitted to single frames they chase its shot noise (seed 1, gradient:
+    # track positions 0.42 px rms off and 32 true columns pruned, vs 2 here; CSS 0.586 -> 0.605, +0.4 dB)
+    first = C.registered_mean(frames, drift, window=window) if movie else frames
+    fitted = C.fit_columns_stack(first, [find_atoms(m) for m in seeds], background_order=order, progress=progress)
     if movie:
         # σ and amplitudes again, at each column's position in the *other* frames of its track: a
         # position fitted to frame t chases frame t's shot noise, and σ fitted there comes out narrow
