@@ -180,7 +180,9 @@ def css_edges(args) -> None:
     frames, window, order = np.asarray(noisy, np.float32), 2, 2
     maps = denoise(frames)
     drift = C.lattice_drift(maps, [find_atoms(m) for m in maps])
-    fitted = C.fit_columns_stack(frames, [find_atoms(m) for m in C.registered_mean(maps, drift, window=window)],
+    # the first fit as `fit_movie_columns` makes it: to the drift-registered mean of the frames
+    fitted = C.fit_columns_stack(C.registered_mean(frames, drift, window=window),
+                                 [find_atoms(m) for m in C.registered_mean(maps, drift, window=window)],
                                  background_order=order)
     tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
     sigma = float(np.median([c.sigma for c in tracks]))
