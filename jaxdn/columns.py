@@ -598,8 +598,14 @@ def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, 
     hold such a column inside their own field of view give its position (shifted by `drift` (T, 2)
     from `movie_drift`, default zero) and amplitude; kept are those centred outside frame t, at most
     `margin` px (default 3σ) beyond its edge, and not within `min_distance` (default σ) of a column
-    of frame t. Candidates of several neighbours within `min_distance` of each other are one column
-    (mean position and amplitude).
+    of frame t. Candidates of several neighbours within `min_distance` of each other are one column.
+
+    Every decision is soft, so the result is continuous in the input positions (a hard "inside its
+    frame" test flipped a whole column in or out for a 1e-6 change): a candidate weighs
+    w = clip(1/2 + d_in / (σ/2), 0, 1), d_in its distance inside its own frame (px, negative beyond),
+    times clip((d − min_distance) / (min_distance / 4), 0, 1), d its distance to frame t's columns;
+    a column's position is the w-weighted mean and its amplitude Σ w·a / max(Σ w, 1) (the mean
+    where at least one neighbour sees it whole, fading to 0 with the evidence).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -611,28 +617,32 @@ def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, 
         h, w = cols.shape
         m = 3.0 * cols.sigma if margin is None else float(margin)
         dmin = cols.sigma if min_distance is None else float(min_distance)
-        pos, amp = [np.zeros((0, 2))], [np.zeros(0)]
+        pos, amp, wt = [np.zeros((0, 2))], [np.zeros(0)], [np.zeros(0)]
         for u in range(max(0, t - window), min(t_n, t + window + 1)):
+            if u == t:
+                continue
             p = frames[u].positions.reshape(-1, 2)
-            whole = (p[:, 0] >= 0) & (p[:, 0] <= h - 1) & (p[:, 1] >= 0) & (p[:, 1] <= w - 1)
-            if u != t:
-                pos.append(p[whole] - drift[u] + drift[t])
-                amp.append(frames[u].amplitudes[whole])
-        pos, amp = np.concatenate(pos), np.concatenate(amp)
+            d_in = np.minimum(np.minimum(p[:, 0], h - 1 - p[:, 0]), np.minimum(p[:, 1], w - 1 - p[:, 1]))
+            seen = np.clip(0.5 + d_in / (0.5 * frames[u].sigma), 0.0, 1.0)
+            pos.append(p[seen > 0] - drift[u] + drift[t])
+            amp.append(frames[u].amplitudes[seen > 0])
+            wt.append(seen[seen > 0])
+        pos, amp, wt = np.concatenate(pos), np.concatenate(amp), np.concatenate(wt)
         r, c = pos[:, 0], pos[:, 1]
         outside = (r < 0) | (r > h - 1) | (c < 0) | (c > w - 1)
         near = (r > -m) & (r < h - 1 + m) & (c > -m) & (c < w - 1 + m)
-        pos, amp = pos[outside & near], amp[outside & near]
+        pos, amp, wt = pos[outside & near], amp[outside & near], wt[outside & near]
         if len(pos) and len(cols.positions):
-            d, _ = cKDTree(cols.positions).query(pos, distance_upper_bound=dmin)
-            pos, amp = pos[~np.isfinite(d)], amp[~np.isfinite(d)]
+            d, _ = cKDTree(cols.positions).query(pos)
+            wt = wt * np.clip((d - dmin) / (0.25 * dmin), 0.0, 1.0)
+            pos, amp, wt = pos[wt > 0], amp[wt > 0], wt[wt > 0]
         if len(pos):
             pairs = cKDTree(pos).query_pairs(dmin, output_type="ndarray")
             graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
             n, label = connected_components(graph, directed=False)
-            count = np.bincount(label, minlength=n)
-            pos = np.column_stack([np.bincount(label, pos[:, i], n) / count for i in (0, 1)])
-            amp = np.bincount(label, amp, n) / count
+            total = np.bincount(label, wt, n)
+            pos = np.column_stack([np.bincount(label, wt * pos[:, i], n) / total for i in (0, 1)])
+            amp = np.bincount(label, wt * amp, n) / np.maximum(total, 1.0)
         out.append((pos.reshape(-1, 2), amp))
     return out
 

@@ -216,8 +216,10 @@ def test_fit_with_an_edge_column_held_fits_the_interior_as_if_the_whole_field_we
 
 def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
     """Analytic case: a drifting lattice seen through a 40² window. Frame t's edge candidates are the
-    lattice columns centred outside it, within the margin, that frames t ± window hold inside theirs,
-    at the mean of those frames' amplitudes; one beside a column of frame t itself is dropped."""
+    lattice columns centred outside it, within the margin, that frames t ± window hold inside theirs
+    (softly: weight ramping 0 → 1 from σ/4 beyond to σ/4 inside their edge), at the weighted mean of
+    those frames' amplitudes, faded where the weights sum below 1; one beside a column of frame t
+    itself is dropped."""
     shape = (40, 40)
     lattice = np.stack(np.meshgrid(np.arange(-18.0, 60.0, 8.0), np.arange(-18.0, 60.0, 8.0) + 2.5,
                                    indexing="ij"), -1).reshape(-1, 2)
@@ -248,11 +250,14 @@ def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
         for j in np.flatnonzero(near & ~visible(p)):
             if t == 1 and j == k:
                 continue
-            seers = [u for u in range(max(0, t - window), min(len(drift), t + window + 1))
-                     if u != t and visible((lattice[j] + drift[u])[None])[0]]
-            if seers:
+            # how whole neighbour u sees it: 1 from σ/4 inside its edge, 0 from σ/4 beyond
+            seen = {u: float(np.clip(0.5 + min(q[0], 39 - q[0], q[1], 39 - q[1]) / (0.5 * sigma), 0, 1))
+                    for u in range(max(0, t - window), min(len(drift), t + window + 1)) if u != t
+                    for q in [lattice[j] + drift[u]] if visible(q[None])[0]}   # frame u lists only these
+            total = sum(seen.values())
+            if total > 0:
                 want_pos.append(p[j])
-                want_amp.append(np.mean(amp[seers, j]))
+                want_amp.append(sum(wu * amp[u, j] for u, wu in seen.items()) / max(total, 1.0))
         pos, a = got[t]
         assert pos.shape == (len(want_pos), 2) and a.shape == (len(want_pos),)
         if not want_pos:
@@ -265,6 +270,25 @@ def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
     found = np.concatenate([pos for pos, _ in got])
     # the case exercises the edges the drift uncovers and covers: top, bottom, left and right
     assert (found[:, 0] < 0).any() and (found[:, 0] > 39).any() and (found[:, 1] < 0).any() and (found[:, 1] > 39).any()
+
+
+def test_columns_beyond_edges_are_continuous_in_the_neighbours_positions():
+    """A neighbour's column crossing its own frame's edge fades in and out: 1e-6 px moves the result by
+    ~1e-6, not by a whole column (the hard test did: 0.27 of the output peak on the refine-repro movie)."""
+    shape, sigma = (40, 40), 1.5
+    own = np.array([[20.0, 20.0]])
+
+    def edge(col_in_u):
+        """Frame 1 holds one column (amplitude 2) at column `col_in_u`; frame 0 sees it 2 px further right."""
+        frames = [_cols(own, np.ones(1), sigma, shape), _cols([[10.0, col_in_u]], [2.0], sigma, shape)]
+        return C.columns_beyond_edges(frames, window=1, drift=np.array([[0.0, 0.0], [0.0, -2.0]]))[0]
+
+    for x in (39.0 - 0.375, 39.0, 39.0 + 0.375):          # σ/4 inside, on, σ/4 beyond frame 1's edge
+        (p1, a1), (p2, a2) = edge(x), edge(x + 1e-6)
+        assert len(p1) == len(p2) and np.allclose(a1, a2, atol=1e-5)
+    np.testing.assert_allclose(edge(39.0 - 0.375)[1], [2.0])           # seen whole: its amplitude
+    np.testing.assert_allclose(edge(39.0)[1], [1.0])                   # half seen: half the evidence
+    assert len(edge(39.5)[0]) == 0                                       # beyond σ/4: not seen
 
 
 def test_movie_drift_recovers_a_known_shift():
