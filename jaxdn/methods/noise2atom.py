@@ -187,9 +187,9 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     first = C.registered_mean(frames, drift, window=window) if movie else frames
     fitted = C.fit_columns_stack(first, [find_atoms(m) for m in seeds], background_order=order, progress=progress)
     if movie:
-        # σ and amplitudes again, at each column's position in the *other* frames of its track: a
-        # position fitted to frame t chases frame t's shot noise, and σ fitted there comes out narrow
-        # (2 e⁻, gradient: 1.8 px for a true 2.14 px; 1.94 at the full tracks, 2.01 left out)
+        # σ and amplitudes again, to frame t itself, at each column's position averaged over the
+        # *other* frames of its track (left out: frame t's own shot noise does not place its columns;
+        # session 6, single-frame positions, 2 e⁻, gradient: σ 1.8 px for a true 2.14; 2.01 left out)
         tracks = C.smooth_in_time(fitted, window=window, drift=drift, leave_out=True)
         sigma = float(np.median([c.sigma for c in tracks]))
         positions = [c.positions for c in tracks]
