@@ -89,6 +89,11 @@ def _render(pos, amp, sigma, shape, radius):
     return canvas[pad:pad + h, pad:pad + w]
 
 
+def _model(pos, amp, sigma, bg, shape, radius):
+    """(H, W) column model + polynomial background (the quantity `_fit` matches to the frame)."""
+    return _render(pos, amp, sigma, shape, radius) + _poly_background(bg, *shape)
+
+
 def _fit(y, pos0, amp0, mask, held, sigma0, prior_weight, weight, bg0, *, shape, radius, order, iters, free_positions,
          free_sigma):
     """L-BFGS least squares of the column model to normalised frame y; returns (pos, amp, sigma, bg, loss).
@@ -126,7 +131,7 @@ def _fit(y, pos0, amp0, mask, held, sigma0, prior_weight, weight, bg0, *, shape,
 
     def loss(theta):
         pos, amp, sigma, bg = unpack(theta)
-        model = _render(pos, amp, sigma, shape, radius) + _poly_background(bg, *shape)
+        model = _model(pos, amp, sigma, bg, shape, radius)
         # a column centred beyond the frame is only seen by its tail (brighter and further out fits
         # as well): a weak pull to the edge makes that valley a minimum
         outside = jax.nn.relu(-0.5 - pos) + jax.nn.relu(pos - upper)
@@ -168,9 +173,9 @@ def _jitted_fit(shape, radius, order, iters, free_positions, free_sigma):
 
 @functools.lru_cache(maxsize=8)
 def _jitted_model(shape, radius):
-    """Jitted (pos, amp, σ, bg) → (H, W) column model + polynomial background (normalised units)."""
+    """Jitted (pos, amp, σ, bg) → `_model` on an (H, W) window (normalised units)."""
     import jax
-    return jax.jit(lambda pos, amp, sigma, bg: _render(pos, amp, sigma, shape, radius) + _poly_background(bg, *shape))
+    return jax.jit(functools.partial(_model, shape=shape, radius=radius))
 
 
 HETERO_MIN_RANGE = 1.2  # refit with weights only when the fitted noise variance varies more than this over the frame
@@ -178,7 +183,7 @@ VARIANCE_FLOOR = 0.25   # of the mean variance: weights of pixels the model call
 MISFIT_RATIO = 1.5      # residuals above this × the frame's own noise variance are misfit, not noise
 
 
-def inverse_variance_weights(y, model):
+def inverse_variance_weights(y, model, *, noise_var=None):
     """(H, W) weights ∝ 1 / Var(y) for shot-noise-like data, or None where the noise is white.
 
     Var(y) = α·model + β (Poisson counts plus detector noise in any affine units) is fitted by least
@@ -186,11 +191,12 @@ def inverse_variance_weights(y, model):
     floored at `VARIANCE_FLOOR` × its mean. None when α ≤ 0, when Var varies by less than
     `HETERO_MIN_RANGE` (the unweighted fit is then already the maximum-likelihood one), or when
     the residuals are not noise: their mean square above `MISFIT_RATIO` × the frame's noise
-    variance measured without the model (`noise_sigma`), as for columns held at misplaced seeds.
+    variance measured without the model (`noise_var`, default `noise_sigma(y)²`), as for columns
+    held at misplaced seeds.
     """
     y, m = np.asarray(y, np.float64), np.asarray(model, np.float64)
     r2 = np.square(y - m).ravel()
-    if r2.mean() > MISFIT_RATIO * noise_sigma(y) ** 2:
+    if r2.mean() > MISFIT_RATIO * (noise_sigma(y) ** 2 if noise_var is None else noise_var):
         return None
     a = np.stack([m.ravel(), np.ones(m.size)], axis=1)
     alpha, beta = np.linalg.lstsq(a, r2, rcond=None)[0]
@@ -343,7 +349,8 @@ def _fit_window(img, pos, held, sig, *, order, iters, radius, free_positions, fr
     hold = np.zeros(m, np.float32)
     hold[:n] = known
     # MAP positions: Gaussian noise of the window's own level, start positions ± `position_prior` px
-    prior = noise_sigma(y) ** 2 / position_prior ** 2 if position_prior else 0.0
+    noise_var = noise_sigma(y) ** 2
+    prior = noise_var / position_prior ** 2 if position_prior else 0.0
     fit = _jitted_fit((h, w), radius, order, iters, free_positions, free_sigma)
     yj, p0, mask, hold = jnp.asarray(y, jnp.float32), jnp.asarray(p0), jnp.asarray(mask), jnp.asarray(hold)
     bg0 = np.zeros((order + 1, order + 1), np.float32)
@@ -351,7 +358,7 @@ def _fit_window(img, pos, held, sig, *, order, iters, radius, free_positions, fr
     pf, af, sf, bf, _ = fit(yj, p0, jnp.asarray(a0), mask, hold, jnp.float32(sig), jnp.float32(prior),
                             jnp.ones((h, w), jnp.float32), jnp.asarray(bg0))
     if weighted:
-        weight = inverse_variance_weights(y, _jitted_model((h, w), radius)(pf, af, sf, bf))
+        weight = inverse_variance_weights(y, _jitted_model((h, w), radius)(pf, af, sf, bf), noise_var=noise_var)
         if weight is not None:   # shot noise: refit at the inverse variance (σ unbiased: see `fit_columns_stack`)
             pf, af, sf, bf, _ = fit(yj, p0, af, mask, hold, sf, jnp.float32(prior), jnp.asarray(weight), bf)
     bg = np.asarray(bf, np.float64) * scale
@@ -624,9 +631,10 @@ def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, 
             p = frames[u].positions.reshape(-1, 2)
             d_in = np.minimum(np.minimum(p[:, 0], h - 1 - p[:, 0]), np.minimum(p[:, 1], w - 1 - p[:, 1]))
             seen = np.clip(0.5 + d_in / (0.5 * frames[u].sigma), 0.0, 1.0)
-            pos.append(p[seen > 0] - drift[u] + drift[t])
-            amp.append(frames[u].amplitudes[seen > 0])
-            wt.append(seen[seen > 0])
+            k = seen > 0
+            pos.append(p[k] - drift[u] + drift[t])
+            amp.append(frames[u].amplitudes[k])
+            wt.append(seen[k])
         pos, amp, wt = np.concatenate(pos), np.concatenate(amp), np.concatenate(wt)
         r, c = pos[:, 0], pos[:, 1]
         outside = (r < 0) | (r > h - 1) | (c < 0) | (c > w - 1)
