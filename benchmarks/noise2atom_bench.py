@@ -48,15 +48,18 @@ def quality(args) -> None:
             ("peer: Gaussian filter", "gauss"), ("peer: Gaussian + column fit", "gauss_columns_frame"),
             ("peer: Gaussian + column tracks", "gauss_columns_movie"),
             ("peer: Gaussian, drift-registered mean over the same frames", "gauss_temporal"))
-    print("\n| output | background | PSNR dB | vs tuned Gaussian | CSS (clean) | F1 | false atoms/true |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| output | background | PSNR dB | vs tuned Gaussian | CSS (clean) | F1 | false atoms/true "
+          "| F1 of the fitted column list |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, key in rows:
         for name in ("flat", "gradient"):
             q = r[name]
             d = q[f"psnr_{key}"] - q["psnr_gauss"]
             a = q[f"atoms_{key}"]
+            fitted = q.get(f"atoms_{key}_fitted")
+            fitted_f1 = "" if fitted is None else f"{fitted['f1']:.3f}"
             print(f"| {label} | {name} | {q[f'psnr_{key}']:.2f} | {d:+.2f} | {q[f'css_{key}']:.3f} ({q['css_clean']:.3f}) "
-                  f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} |")
+                  f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} | {fitted_f1} |")
 
 
 def ceiling(args) -> None:

@@ -169,6 +169,97 @@ def test_fit_drops_columns_the_data_does_not_support_and_merges_duplicates():
     assert d.max() < 0.1
 
 
+def _two_sublattices(shape, rng, *, dim=0.5, sigma=1.6, noise=0.02, background=0.0):
+    """Bright sublattice A on a 10-px grid, dimmer B at (+5, +5): B is 7.1 px (4.4σ) from A."""
+    a = _grid(shape, 10.0, 4.0) + rng.uniform(-0.2, 0.2, (len(_grid(shape, 10.0, 4.0)), 2))
+    b = a + 5.0
+    b = b[(b < np.array(shape) - 2).all(1)]
+    frame = (_dense(a, np.ones(len(a)), sigma, shape) + _dense(b, np.full(len(b), dim), sigma, shape)
+             + background + rng.normal(0, noise, shape))
+    return frame, a, b
+
+
+def _matched(found, truth):
+    from scipy.spatial import cKDTree
+    d, j = cKDTree(found).query(truth)
+    return d, j
+
+
+def test_missed_columns_finds_a_sublattice_the_seeds_lack_and_the_refit_recovers_it():
+    rng = np.random.default_rng(11)
+    shape = (64, 64)
+    frame, a, b = _two_sublattices(shape, rng)
+    plain = C.fit_columns(frame, a, background_order=0)
+    assert len(plain.positions) == len(a) and plain.sigma < 1.5     # σ narrows: B's light is unexplained
+    new = C.missed_columns(frame, plain)
+    inner = b[(b >= 2).all(1) & (b <= np.array(shape) - 3).all(1)]
+    d, _ = _matched(new, inner)
+    assert d.max() <= 0.5 and len(new) == len(inner)                # one sub-pixel residual peak per column
+    full = C.fit_columns(frame, a, background_order=0, find_missed=2)
+    truth = np.concatenate([a, b])
+    assert len(full.positions) == len(truth)
+    d, j = _matched(full.positions, truth)
+    # Cramér–Rao: σ_noise / amplitude · √(2/π) = 0.03 px per axis for B (amplitude 0.5), 0.016 for A
+    assert len(set(j)) == len(j) and d[:len(a)].max() < 0.07 and d[len(a):].max() < 0.15
+    amp = full.amplitudes[j]
+    np.testing.assert_allclose(amp[:len(a)], 1.0, rtol=0.03)
+    np.testing.assert_allclose(amp[len(a):], 0.5, rtol=0.05)
+    assert abs(full.sigma - 1.6) < 0.02
+
+
+def test_missed_columns_adds_nothing_where_the_fit_explains_the_frame():
+    """No false columns from noise, from the misfit next to a column or from a background gradient."""
+    rng = np.random.default_rng(12)
+    shape = (64, 64)
+    y = np.linspace(-1, 1, shape[0])[:, None]
+    for noise in (0.02, 0.2):
+        frame, a, _ = _two_sublattices(shape, rng, dim=0.0, noise=noise, background=0.3 + 0.2 * y)
+        cols = C.fit_columns(frame, a, background_order=1)
+        assert len(C.missed_columns(frame, cols)) == 0
+        again = C.fit_columns(frame, a, background_order=1, find_missed=2)
+        np.testing.assert_array_equal(again.positions, cols.positions)
+        np.testing.assert_array_equal(again.amplitudes, cols.amplitudes)
+    # a column of the wrong width leaves a ring of residual around it: not a column
+    frame = _dense(a, np.ones(len(a)), 2.0, shape)
+    narrow = C.Columns(positions=a, amplitudes=np.ones(len(a)), sigma=1.6, background=np.zeros((1, 1)),
+                       background_order=0, shape=shape)
+    assert len(C.missed_columns(frame, narrow)) == 0
+
+
+def test_missed_columns_thresholds_on_the_amplitude_and_the_noise():
+    rng = np.random.default_rng(13)
+    shape = (64, 64)
+    a = _grid(shape, 10.0, 4.0)
+    cols = C.Columns(positions=a, amplitudes=np.ones(len(a)), sigma=1.6, background=np.zeros((1, 1)),
+                     background_order=0, shape=shape)
+    extra = np.array([[31.0, 36.0]])                                      # 5 px from its neighbours
+    base = _dense(a, np.ones(len(a)), 1.6, shape)
+    quiet = rng.normal(0, 0.01, shape)
+    found = C.missed_columns(base + _dense(extra, [0.4], 1.6, shape) + quiet, cols)
+    np.testing.assert_allclose(found, extra, atol=0.5)
+    assert len(C.missed_columns(base + _dense(extra, [0.2], 1.6, shape) + quiet, cols)) == 0   # < 0.3 × median
+    loud = rng.normal(0, 0.4, shape)       # smoothed noise ≈ 0.4 / (2√π · 1.12) = 0.1: 5σ = 0.5 > its 0.27 peak
+    assert len(C.missed_columns(base + _dense(extra, [0.4], 1.6, shape) + loud, cols)) == 0
+    with pytest.raises(InputError, match="fitted to"):
+        C.missed_columns(base[:32], cols)
+
+
+def test_missed_columns_in_windows_use_each_windows_background():
+    """A frame larger than the fit window: the residual uses every window's own polynomial, so a
+    strong gradient adds no column, and the dim sublattice is found in every window."""
+    rng = np.random.default_rng(14)
+    shape = (200, 170)
+    y = np.linspace(-1, 1, shape[0])[:, None]
+    x = np.linspace(-1, 1, shape[1])[None, :]
+    frame, a, b = _two_sublattices(shape, rng, background=2.0 + 1.5 * y + 1.0 * x * x)
+    cols = C.fit_columns(frame, a, background_order=2, tile=136, find_missed=2)
+    assert len(C._spans(shape[0], 136, 36)) > 1 and len(C._spans(shape[1], 136, 36)) > 1
+    truth = np.concatenate([a, b])
+    assert len(cols.positions) == len(truth)
+    d, j = _matched(cols.positions, truth)
+    assert len(set(j)) == len(j) and d.max() < 0.2 and d.mean() < 0.04   # noise floor as in the test above
+
+
 def test_fit_stack_is_deterministic_and_frames_are_independent():
     rng = np.random.default_rng(2)
     shape = (32, 32)
