@@ -11,7 +11,9 @@ pixels are noisier; `inverse_variance_weights`) (L-BFGS on preconditioned parame
 window, so memory and time scale with the number of columns, not with columns × pixels; positions
 are maximum a posteriori with the start positions as a Gaussian prior, weighted by the frame's own
 noise level, so that on low-dose frames they do not chase the shot noise), drops columns the data does not support
-(amplitude below `min_rel_amplitude` × the median, or merged into a neighbour) and fits again.
+(amplitude below `min_rel_amplitude` × the median, or merged into a neighbour) and fits again;
+with `find_missed` it also adds the columns the start positions lack (`missed_columns`: peaks of
+the residual) and fits again.
 `render_columns` draws a fitted model. This is the data-consistency stage of Noise2Atom's
 ``refine`` option (`jaxdn.methods.noise2atom`): the generator's atom map says *where* the columns
 are, the fit takes their intensities and width from the frame itself.

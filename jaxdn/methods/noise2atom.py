@@ -10,8 +10,9 @@ input's intensity scale.
 ``refine`` (beyond the paper) turns the atom map into a column model of the data itself: the map's
 columns (`metrics.find_atoms`) seed a least-squares fit of Gaussian columns to the *input* frame
 (`jaxdn.columns.fit_columns_stack`: positions, amplitudes, one probe σ per frame, polynomial
-background; columns the data does not support are dropped), and the output is the rendered columns
-in the input's units with the background removed. ``refine="movie"`` uses the neighbouring
+background; columns the data does not support are dropped; columns the seeds miss are added from
+the fit's residual, `columns.missed_columns`), and the output is the rendered columns in the input's
+units with the background removed. ``refine="movie"`` uses the neighbouring
 frames too (±`track_window`, after rigid drift correction, `columns.movie_drift` with steps below
 half the column spacing): the seeds come from the drift-registered mean of the atom maps
 (`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), the
@@ -31,7 +32,7 @@ from ..errors import InputError
 MIN_SIZE = 16
 REFINE_MODES = ("none", "frame", "movie")
 STATS_CHUNK = 16   # frames read at a time by `stream_options`
-FIND_MISSED = 2    # rounds of `columns.missed_columns` after the first column fit
+FIND_MISSED = 3    # rounds of `columns.missed_columns` after the first column fit
 
 
 @functools.lru_cache(maxsize=4)
