@@ -433,8 +433,8 @@ def test_registered_mean_matches_numpy_shifts_and_averages_only_covering_frames(
 
 def test_movie_refine_recovers_a_column_one_frame_of_the_atom_map_misses(monkeypatch):
     """refine="movie" seeds from the drift-registered mean of the maps: a column missing from one
-    frame's map is found there all the same; from its seeds alone refine="frame" cannot find it,
-    with the residual search (`columns.missed_columns`, the default) it does."""
+    frame's map is found there all the same, also without the residual search
+    (`columns.missed_columns`); refine="frame" (which does not search) cannot find it."""
     from jaxdn.methods import noise2atom as N
     from jaxdn.methods.noise2atom import fit_movie_columns
     rng = np.random.default_rng(7)
@@ -448,14 +448,13 @@ def test_movie_refine_recovers_a_column_one_frame_of_the_atom_map_misses(monkeyp
     maps[1] = _dense(np.delete(base, lost, 0) + drift[1], np.ones(len(base) - 1), 1.8, shape)
     target = base[lost] + drift[1]
     nearest = lambda cols: np.linalg.norm(cols[1].positions - target, axis=1).min()
-    with monkeypatch.context() as m:
-        m.setattr(N, "FIND_MISSED", 0)        # the seeds alone
-        assert nearest(fit_movie_columns(frames, refine="frame", atom_maps=maps)) > 3.0
-        movie = fit_movie_columns(frames, refine="movie", atom_maps=maps, track_window=1)
+    assert nearest(fit_movie_columns(frames, refine="frame", atom_maps=maps)) > 3.0
+    for find_missed in (0, N.FIND_MISSED):
+        with monkeypatch.context() as m:
+            m.setattr(N, "FIND_MISSED", find_missed)
+            movie = fit_movie_columns(frames, refine="movie", atom_maps=maps, track_window=1)
         assert nearest(movie) < 0.3
         assert [len(c.positions) for c in movie] == [len(base)] * 3
-    frame = fit_movie_columns(frames, refine="frame", atom_maps=maps)
-    assert nearest(frame) < 0.3 and [len(c.positions) for c in frame] == [len(base)] * 3
     assert abs(movie[1].sigma - 1.8) < 0.05
 
 

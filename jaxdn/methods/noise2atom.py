@@ -10,13 +10,13 @@ input's intensity scale.
 ``refine`` (beyond the paper) turns the atom map into a column model of the data itself: the map's
 columns (`metrics.find_atoms`) seed a least-squares fit of Gaussian columns to the *input* frame
 (`jaxdn.columns.fit_columns_stack`: positions, amplitudes, one probe σ per frame, polynomial
-background; columns the data does not support are dropped; columns the seeds miss are added from
-the fit's residual, `columns.missed_columns`), and the output is the rendered columns in the input's
-units with the background removed. ``refine="movie"`` uses the neighbouring
+background; columns the data does not support are dropped), and the output is the rendered columns
+in the input's units with the background removed. ``refine="movie"`` uses the neighbouring
 frames too (±`track_window`, after rigid drift correction, `columns.movie_drift` with steps below
 half the column spacing): the seeds come from the drift-registered mean of the atom maps
 (`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), the
-positions are fitted to the drift-registered mean of the input frames (the dose of the whole window),
+positions are fitted to the drift-registered mean of the input frames (the dose of the whole window;
+columns the seeds miss are added from that fit's residual, `columns.missed_columns`),
 each column's position is averaged along its track in the other frames (`columns.smooth_in_time`;
 columns that move more than σ between frames are not averaged), σ and the amplitudes are fitted
 again at those positions, and the amplitudes averaged along the tracks. Streamed stacks get the
@@ -32,7 +32,7 @@ from ..errors import InputError
 MIN_SIZE = 16
 REFINE_MODES = ("none", "frame", "movie")
 STATS_CHUNK = 16   # frames read at a time by `stream_options`
-FIND_MISSED = 3    # rounds of `columns.missed_columns` after the first column fit
+FIND_MISSED = 3    # rounds of `columns.missed_columns` after refine=movie's first column fit
 
 
 @functools.lru_cache(maxsize=4)
@@ -187,10 +187,13 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     # times the dose of one frame; fitted to single frames they chase its shot noise (seed 1, gradient:
     # track positions 0.42 px rms off and 32 true columns pruned, vs 2 here; CSS 0.586 -> 0.605, +0.4 dB)
     first = C.registered_mean(frames, drift, window=window) if movie else frames
-    # + the columns the seeds miss, from the fit's residual (seed-2 test movie: the atom map merges a dim
-    # sublattice 5 px from a bright one; 176 of 309 columns per frame found, 17.6 dB -> see RESULTS)
+    # movie: + the columns the seeds miss, from the residual of the fit to the registered mean (seed-2 test
+    # movie: the atom map merges a dim sublattice 5 px from a bright one; 176 of 309 columns per frame
+    # found, 17.6 -> 24.7 dB). Not on single frames: at 3 e⁻ their residual peaks are mostly noise
+    # (1024² frame: -0.27 dB, 2.5x the time) and a peak at the threshold flips a whole column
+    find_missed = FIND_MISSED if movie else 0
     fitted = C.fit_columns_stack(first, [find_atoms(m) for m in seeds], background_order=order,
-                                 find_missed=FIND_MISSED, progress=progress)
+                                 find_missed=find_missed, progress=progress)
     if movie:
         # σ and amplitudes again, to frame t itself, at each column's position averaged over the
         # *other* frames of its track (left out: frame t's own shot noise does not place its columns;
