@@ -631,16 +631,9 @@ def _bounded_step(a, b, max_step):
     dc = np.fft.fftfreq(w, 1.0 / w)[None, :]
     allowed = dr ** 2 + dc ** 2 <= max(max_step, 1.0) ** 2
     i, j = np.unravel_index(np.argmax(np.where(allowed, xc, -np.inf)), xc.shape)
-
-    def vertex(m, c, p):   # peak offset of a 3-point neighbourhood: Gaussian (log) fit, parabola if not positive
-        if min(m, c, p) > 0:
-            m, c, p = np.log(m), np.log(c), np.log(p)
-        den = m - 2 * c + p
-        return float(np.clip(0.5 * (m - p) / den, -0.5, 0.5)) if den < 0 else 0.0
-
     top = xc[i, j]
-    off_r = vertex(xc[(i - 1) % h, j], top, xc[(i + 1) % h, j])
-    off_c = vertex(xc[i, (j - 1) % w], top, xc[i, (j + 1) % w])
+    off_r = float(_vertex(xc[(i - 1) % h, j], top, xc[(i + 1) % h, j]))
+    off_c = float(_vertex(xc[i, (j - 1) % w], top, xc[i, (j + 1) % w]))
     return np.array([dr[i, 0] + off_r, dc[0, j] + off_c])
 
 
