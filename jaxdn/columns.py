@@ -593,35 +593,6 @@ def lattice_drift(images, positions) -> np.ndarray:
     return movie_drift(images, max_step=0.5 * spacing if np.isfinite(spacing) else None)
 
 
-def column_drift(frames: list[Columns], drift, *, tolerance: float | None = None) -> np.ndarray:
-    """(T, 2) cumulative drift (row, col) px refined from fitted columns: each step `drift[t + 1] −
-    drift[t]` plus the median offset between frame t + 1's columns and frame t's moved by that step
-    (pairs closer than `tolerance`, default a quarter of the median column spacing; a step with
-    fewer than 3 pairs is kept). Hundreds of columns at ~0.1 px each pin a step far better than the
-    cross-correlation of atom maps (test movies, 3 e⁻: mean step error 0.12 → 0.02 px on seed 0,
-    0.19 → 0.03 on seed 2, whose maps see one of two sublattices).
-    """
-    from scipy.spatial import cKDTree
-    drift = np.asarray(drift, np.float64)
-    if len(frames) != len(drift):
-        raise InputError(f"{len(frames)} frames of columns but {len(drift)} drift rows")
-    if tolerance is None:
-        spacing = np.median([median_spacing(c.positions, fallback=np.inf) for c in frames]) if frames else np.inf
-        tolerance = 0.25 * spacing if np.isfinite(spacing) else 1.0
-    steps = [np.zeros(2)]
-    for t in range(len(frames) - 1):
-        step = drift[t + 1] - drift[t]
-        a, b = frames[t].positions, frames[t + 1].positions
-        if len(a) >= 3 and len(b) >= 3:
-            pred = a + step
-            d, j = cKDTree(b).query(pred, distance_upper_bound=float(tolerance))
-            ok = np.isfinite(d)
-            if ok.sum() >= 3:
-                step = step + np.median(b[j[ok]] - pred[ok], axis=0)
-        steps.append(step)
-    return drift[0] + np.cumsum(np.stack(steps), axis=0)
-
-
 def _bounded_step(a, b, max_step):
     """Shift (row, col) px with b ≈ a moved by it, searched within |shift| ≤ max_step (see `movie_drift`)."""
     h, w = a.shape

@@ -407,31 +407,6 @@ def test_bounded_drift_picks_the_true_step_among_lattice_aliases():
     np.testing.assert_allclose(np.mod(free - steps[1:] + 4, 8) - 4, 0, atol=0.15)
 
 
-def test_column_drift_recovers_the_true_steps_from_matched_columns():
-    rng = np.random.default_rng(21)
-    shape = (60, 60)
-    base = _grid(shape, 8.0, 4.0)
-    steps = np.array([[0.0, 0.0], [0.4, 1.3], [-0.2, 1.1], [0.3, 1.6], [0.1, 0.9]])
-    true = np.cumsum(steps, axis=0) + np.array([2.0, -1.0])             # any origin: drift[0] is kept
-    frames = []
-    for t, d in enumerate(true):
-        p = base + d + rng.normal(0, 0.03, base.shape)                  # fitted positions, 0.03 px noise (a step: ±0.006 px)
-        p = np.delete(p, rng.choice(len(p), 4, replace=False), 0)       # each frame misses a few columns
-        p = np.concatenate([p, rng.uniform(0, 60, (2, 2))])             # and has two false ones
-        frames.append(_cols(p, np.ones(len(p)), 1.5, shape))
-    guess = true + np.outer(np.arange(5), [0.25, -0.3])                 # 0.25 / −0.3 px per step off
-    got = C.column_drift(frames, guess)
-    np.testing.assert_allclose(got[0], guess[0])
-    np.testing.assert_allclose(np.diff(got, axis=0), np.diff(true, axis=0), atol=0.03)
-    # a frame with too few columns to pair keeps the guessed step around it
-    sparse = frames[:2] + [_cols(base[:2] + true[2], np.ones(2), 1.5, shape)] + frames[3:]
-    kept = C.column_drift(sparse, guess)
-    np.testing.assert_allclose(np.diff(kept, axis=0)[1:3], np.diff(guess, axis=0)[1:3], atol=1e-12)
-    np.testing.assert_allclose(np.diff(kept, axis=0)[[0, 3]], np.diff(true, axis=0)[[0, 3]], atol=0.03)
-    with pytest.raises(InputError, match="drift rows"):
-        C.column_drift(frames, guess[:3])
-
-
 def test_registered_mean_matches_numpy_shifts_and_averages_only_covering_frames():
     rng = np.random.default_rng(6)
     imgs = rng.normal(size=(4, 20, 24)).astype(np.float32)

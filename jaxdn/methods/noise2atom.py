@@ -195,9 +195,6 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
     fitted = C.fit_columns_stack(first, [find_atoms(m) for m in seeds], background_order=order,
                                  find_missed=find_missed, progress=progress)
     if movie:
-        # the drift again, from the fitted columns themselves (seed-0 test movie: mean step error 0.12 ->
-        # 0.02 px); a biased step moves one-sided track averages, i.e. the first and last frames' columns
-        drift = C.column_drift(fitted, drift)
         # σ and amplitudes again, to frame t itself, at each column's position averaged over the
         # *other* frames of its track (left out: frame t's own shot noise does not place its columns;
         # session 6, single-frame positions, 2 e⁻, gradient: σ 1.8 px for a true 2.14; 2.01 left out)
