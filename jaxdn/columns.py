@@ -402,12 +402,11 @@ def _fit_frame(img, pos, held, windows, *, find_missed, **opts) -> Columns:
     """Fit one frame (`_fit_rounds`); then, up to `find_missed` times, add the columns the fit
     misses (`missed_columns` of its residual, background per window) and fit again from the fitted
     columns plus those."""
-    h, w = img.shape
     for search in range(int(find_missed) + 1):
         cols, held_out, window_bgs = _fit_rounds(img, pos, held, windows, **opts)
         if search == find_missed:
             break
-        new = missed_columns(img, cols, background=_background_image(window_bgs, (h, w), cols))
+        new = missed_columns(img, cols, background=_background_image(window_bgs, img.shape, cols))
         if not len(new):
             break
         pos = np.concatenate([cols.positions, new])
@@ -458,9 +457,6 @@ def _background_image(window_bgs, shape, cols: Columns) -> np.ndarray:
     """(H, W) background of a frame fitted in windows: each window's polynomial over its core;
     frame parts no fitted window covers get `cols`' constant."""
     import jax.numpy as jnp
-    h, w = shape
-    if len(window_bgs) == 1 and window_bgs[0][0][1] == h and window_bgs[0][1][1] == w:
-        return np.asarray(_poly_background(jnp.asarray(window_bgs[0][2], jnp.float32), h, w), np.float64)
     out = np.full(shape, float(cols.background[0, 0]))
     for (r0, th, rlo, rhi), (c0, tw, clo, chi), bg in window_bgs:
         poly = np.asarray(_poly_background(jnp.asarray(bg, jnp.float32), th, tw), np.float64)

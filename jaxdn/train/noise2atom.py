@@ -620,13 +620,12 @@ def _f1_positions(found, truth, *, size: int, margin=4, tolerance=2.0):
     true ones, both restricted to `margin` px inside the (size × size) frames."""
     from ..metrics import atom_f1
     scores, fps = [], []
-    for found, tr in zip(found, truth):
-        found = np.asarray(found, np.float64)
+    for pts, tr in zip(found, truth):
         inside = lambda p: p[np.all((p >= margin) & (p <= size - 1 - margin), axis=1)] if len(p) else p
-        found, tr = inside(found.reshape(-1, 2)), inside(tr)
-        p, r, f = atom_f1(found, tr, tolerance=tolerance)
+        pts, tr = inside(np.asarray(pts, np.float64).reshape(-1, 2)), inside(tr)
+        p, r, f = atom_f1(pts, tr, tolerance=tolerance)
         scores.append((p, r, f))
-        fps.append(len(found) * (1 - p) / max(len(tr), 1))
+        fps.append(len(pts) * (1 - p) / max(len(tr), 1))
     s = np.mean(np.array(scores), axis=0)
     return {"precision": float(s[0]), "recall": float(s[1]), "f1": float(s[2]), "false_atoms_per_true": float(np.mean(fps))}
 
