@@ -33,14 +33,16 @@ def quality(args) -> None:
                  peak_electrons=args.peak, seed=args.seed, quiet=True)
     print(json.dumps(r, indent=2))
     print("\n| background | CSS clean | CSS noisy | CSS Gauss | CSS N2A | PSNR noisy | PSNR Gauss (σ) | PSNR N2A "
-          "| F1 clean | F1 Gauss | F1 N2A | false atoms/true Gauss | N2A |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| F1 clean | F1 Gauss | F1 N2A | false atoms/true Gauss | N2A | resolving F1 clean / Gauss / N2A |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ("flat", "gradient"):
         q = r[name]
         print(f"| {name} | {q['css_clean']:.3f} | {q['css_noisy']:.3f} | {q['css_gauss']:.3f} | {q['css_denoised']:.3f} "
               f"| {q['psnr_noisy']:.2f} | {q['psnr_gauss']:.2f} ({q['gauss_sigma']}) | {q['psnr_denoised']:.2f} "
               f"| {q['atoms_clean']['f1']:.3f} | {q['atoms_gauss']['f1']:.3f} | {q['atoms_denoised']['f1']:.3f} "
-              f"| {q['atoms_gauss']['false_atoms_per_true']:.3f} | {q['atoms_denoised']['false_atoms_per_true']:.3f} |")
+              f"| {q['atoms_gauss']['false_atoms_per_true']:.3f} | {q['atoms_denoised']['false_atoms_per_true']:.3f} "
+              f"| {q['atoms_clean']['resolving']['f1']:.3f} / {q['atoms_gauss']['resolving']['f1']:.3f} "
+              f"/ {q['atoms_denoised']['resolving']['f1']:.3f} |")
     if "psnr_refined_frame" not in r["flat"]:
         return
     rows = (("N2A atom map (`refine=none`)", "denoised"), ("N2A + column fit (`refine=frame`)", "refined_frame"),
@@ -49,8 +51,8 @@ def quality(args) -> None:
             ("peer: Gaussian + column tracks", "gauss_columns_movie"),
             ("peer: Gaussian, drift-registered mean over the same frames", "gauss_temporal"))
     print("\n| output | background | PSNR dB | vs tuned Gaussian | CSS (clean) | F1 | false atoms/true "
-          "| F1 of the fitted column list |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| resolving F1 (false/true) | F1 of the fitted column list |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, key in rows:
         for name in ("flat", "gradient"):
             q = r[name]
@@ -59,7 +61,8 @@ def quality(args) -> None:
             fitted = q.get(f"atoms_{key}_fitted")
             fitted_f1 = "" if fitted is None else f"{fitted['f1']:.3f}"
             print(f"| {label} | {name} | {q[f'psnr_{key}']:.2f} | {d:+.2f} | {q[f'css_{key}']:.3f} ({q['css_clean']:.3f}) "
-                  f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} | {fitted_f1} |")
+                  f"| {a['f1']:.3f} | {a['false_atoms_per_true']:.3f} "
+                  f"| {a['resolving']['f1']:.3f} ({a['resolving']['false_atoms_per_true']:.3f}) | {fitted_f1} |")
 
 
 def ceiling(args) -> None:
