@@ -305,10 +305,39 @@ def test_fit_with_an_edge_column_held_fits_the_interior_as_if_the_whole_field_we
     assert err_seen > 5 * np.abs(held.amplitudes[:-2] / amp_in - 1).max()
 
 
+def test_held_positions_keep_every_column_and_clip_negative_amplitudes_to_zero():
+    """With positions held (tracks), a column the frame does not show is returned at amplitude 0,
+    not dropped (its presence would then flip with a 1e-3 change of its fit); a free fit drops it."""
+    rng = np.random.default_rng(7)
+    shape = (40, 40)
+    real = _grid(shape, 9.0, 5.0)
+    ghost = np.array([[9.5, 9.5]])                      # between columns: the frame is dark there
+    frame = _dense(real, np.full(len(real), 5.0), 1.5, shape) + 1.0 + rng.normal(0, 0.05, shape)
+    frame[8:12, 8:12] -= 0.6                             # a dip: unconstrained, the fit goes negative
+    start = np.concatenate([real, ghost])
+    opts = dict(sigma=1.5, background_order=0, rounds=1, min_rel_amplitude=0.0)
+    held = C.fit_columns_stack(frame[None], [start], fit_positions=False, **opts)[0]
+    free = C.fit_columns_stack(frame[None], [start], fit_positions=True, position_prior=0.1, **opts)[0]
+    assert len(held.positions) == len(start)
+    assert held.amplitudes[-1] == 0.0 and (held.amplitudes[:-1] > 4.5).all()
+    assert len(free.positions) == len(real)              # the negative column is a hole, not a column
+
+
+def test_drop_close_columns_keeps_the_brighter_of_each_close_pair():
+    cols = _cols([[10.0, 10.0], [10.09, 10.0], [20.0, 20.0], [20.0, 21.9]], [2.0, 1.98, 1.0, 3.0], 1.8, (40, 40))
+    out = C.drop_close_columns(cols)                                  # default: closer than σ = 1.8 px
+    np.testing.assert_array_equal(out.positions, [[10.0, 10.0], [20.0, 20.0], [20.0, 21.9]])
+    np.testing.assert_array_equal(out.amplitudes, [2.0, 1.0, 3.0])
+    out = C.drop_close_columns(cols, min_distance=2.0)
+    np.testing.assert_array_equal(out.amplitudes, [2.0, 3.0])
+    assert out.sigma == cols.sigma and out.shape == cols.shape
+
+
 def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
     """Analytic case: a drifting lattice seen through a 40² window. Frame t's edge candidates are the
     lattice columns centred outside it, within the margin, that frames t ± window hold inside theirs
-    (softly: weight ramping 0 → 1 from σ/4 beyond to σ/4 inside their edge), at the weighted mean of
+    (softly: weight ramping 0 → 1 from σ/4 beyond to σ/4 inside their edge; and 0 → 1 from σ/4 inside
+    to σ/4 beyond frame t's edge, 1 → 0 over the margin's last σ/2), at the weighted mean of
     those frames' amplitudes, faded where the weights sum below 1; one beside a column of frame t
     itself is dropped."""
     shape = (40, 40)
@@ -336,19 +365,21 @@ def test_columns_beyond_edges_match_the_lattice_neighbours_see_whole():
     assert len(got) == len(frames)
     for t in range(len(drift)):
         p = lattice + drift[t]
-        near = (p[:, 0] > -margin) & (p[:, 0] < 39 + margin) & (p[:, 1] > -margin) & (p[:, 1] < 39 + margin)
+        # how far beyond frame t's edge: weight 1 from σ/4 beyond, tapering to 0 over the last σ/2 of the margin
+        d_out = -np.minimum(np.minimum(p[:, 0], 39 - p[:, 0]), np.minimum(p[:, 1], 39 - p[:, 1]))
+        f_t = np.clip(0.5 + d_out / (0.5 * sigma), 0, 1) * np.clip((margin - d_out) / (0.5 * sigma), 0, 1)
         want_pos, want_amp = [], []
-        for j in np.flatnonzero(near & ~visible(p)):
+        for j in np.flatnonzero((f_t > 0) & ~visible(p)):
             if t == 1 and j == k:
                 continue
             # how whole neighbour u sees it: 1 from σ/4 inside its edge, 0 from σ/4 beyond
             seen = {u: float(np.clip(0.5 + min(q[0], 39 - q[0], q[1], 39 - q[1]) / (0.5 * sigma), 0, 1))
                     for u in range(max(0, t - window), min(len(drift), t + window + 1)) if u != t
                     for q in [lattice[j] + drift[u]] if visible(q[None])[0]}   # frame u lists only these
-            total = sum(seen.values())
+            total = f_t[j] * sum(seen.values())
             if total > 0:
                 want_pos.append(p[j])
-                want_amp.append(sum(wu * amp[u, j] for u, wu in seen.items()) / max(total, 1.0))
+                want_amp.append(f_t[j] * sum(wu * amp[u, j] for u, wu in seen.items()) / max(total, 1.0))
         pos, a = got[t]
         assert pos.shape == (len(want_pos), 2) and a.shape == (len(want_pos),)
         if not want_pos:
@@ -382,6 +413,27 @@ def test_columns_beyond_edges_are_continuous_in_the_neighbours_positions():
     assert len(edge(39.5)[0]) == 0                                       # beyond σ/4: not seen
 
 
+def test_columns_beyond_edges_are_continuous_across_the_frames_own_edge():
+    """A candidate from a neighbour landing on frame t's own edge (or at the margin) fades in: 1e-6 px
+    moves its amplitude by ~1e-6 (a hard "outside frame t" test dropped a column at −0.001 px: 0.39
+    of the output peak on the seed-2 refine-repro movie)."""
+    shape, sigma = (40, 40), 1.5
+
+    def edge(row_in_t):
+        """Frame 1 holds one column (amplitude 2) at (20, 20); frame 0 sees it at (row_in_t, 20)."""
+        frames = [_cols([[30.0, 5.0]], np.ones(1), sigma, shape), _cols([[20.0, 20.0]], [2.0], sigma, shape)]
+        out = C.columns_beyond_edges(frames, window=1, drift=np.array([[row_in_t - 20.0, 0.0], [0.0, 0.0]]),
+                                     margin=4.0)[0]
+        return float(out[1].sum())
+
+    for r in (0.375, 0.0, -0.375, -3.25, -4.0):     # σ/4 inside, on, σ/4 beyond; the margin's taper
+        assert abs(edge(r) - edge(r + 1e-6)) < 1e-5 and abs(edge(r) - edge(r - 1e-6)) < 1e-5
+    assert edge(0.375) == 0.0 and edge(-4.0) == 0.0
+    assert edge(0.0) == pytest.approx(1.0)                       # on the edge: half
+    assert edge(-1.0) == pytest.approx(2.0)                      # beyond σ/4: whole
+    assert edge(-3.625) == pytest.approx(1.0)                    # σ/4 before the margin: half
+
+
 def test_movie_drift_recovers_a_known_shift():
     shape = (64, 64)
     base = _grid(shape, 9.0, 5.0)
@@ -405,6 +457,31 @@ def test_bounded_drift_picks_the_true_step_among_lattice_aliases():
     # unbounded: the right step modulo the lattice period, not necessarily the small one
     free = np.diff(C.movie_drift(imgs), axis=0)
     np.testing.assert_allclose(np.mod(free - steps[1:] + 4, 8) - 4, 0, atol=0.15)
+
+
+def test_column_drift_recovers_the_true_steps_from_matched_columns():
+    rng = np.random.default_rng(21)
+    shape = (60, 60)
+    base = _grid(shape, 8.0, 4.0)
+    steps = np.array([[0.0, 0.0], [0.4, 1.3], [-0.2, 1.1], [0.3, 1.6], [0.1, 0.9]])
+    true = np.cumsum(steps, axis=0) + np.array([2.0, -1.0])             # any origin: drift[0] is kept
+    frames = []
+    for t, d in enumerate(true):
+        p = base + d + rng.normal(0, 0.03, base.shape)                  # fitted positions, 0.03 px noise (a step: ±0.006 px)
+        p = np.delete(p, rng.choice(len(p), 4, replace=False), 0)       # each frame misses a few columns
+        p = np.concatenate([p, rng.uniform(0, 60, (2, 2))])             # and has two false ones
+        frames.append(_cols(p, np.ones(len(p)), 1.5, shape))
+    guess = true + np.outer(np.arange(5), [0.25, -0.3])                 # 0.25 / −0.3 px per step off
+    got = C.column_drift(frames, guess)
+    np.testing.assert_allclose(got[0], guess[0])
+    np.testing.assert_allclose(np.diff(got, axis=0), np.diff(true, axis=0), atol=0.03)
+    # a frame with too few columns to pair keeps the guessed step around it
+    sparse = frames[:2] + [_cols(base[:2] + true[2], np.ones(2), 1.5, shape)] + frames[3:]
+    kept = C.column_drift(sparse, guess)
+    np.testing.assert_allclose(np.diff(kept, axis=0)[1:3], np.diff(guess, axis=0)[1:3], atol=1e-12)
+    np.testing.assert_allclose(np.diff(kept, axis=0)[[0, 3]], np.diff(true, axis=0)[[0, 3]], atol=0.03)
+    with pytest.raises(InputError, match="drift rows"):
+        C.column_drift(frames, guess[:3])
 
 
 def test_registered_mean_matches_numpy_shifts_and_averages_only_covering_frames():
@@ -538,6 +615,31 @@ def test_smooth_in_time_is_continuous_as_a_link_crosses_the_tolerance(leave_out)
     w = (1 - (1 / 3) ** 2) ** 2
     want = (1.5 * w + 1.0 * (1 - w)) / 1.0 if leave_out else (1.0 + 1.5 * w) / (1 + w)
     assert results[1].amplitudes[0] == pytest.approx(want)
+
+
+def test_smooth_in_time_leaves_unchanged_columns_as_given_and_links_none_to_them():
+    """Edge columns (already neighbour averages, faded with their evidence) are returned as given and
+    take no part in other columns' tracks; so one faded to ε changes the result by ε, not by its
+    track's full amplitude."""
+    shape = (30, 30)
+    inner = [_cols([[10.0, 10.0]], [1.0], 1.5, shape), _cols([[10.2, 10.0]], [2.0], 1.5, shape)]
+    edge_pos = np.array([[-1.0, 20.0]])
+    ref = C.smooth_in_time(inner, window=1)
+    for eps in (1e-4, 0.8):
+        frames = [_cols([[10.0, 10.0], [-1.0, 20.0]], [1.0, eps], 1.5, shape),
+                  _cols([[10.2, 10.0], [-1.1, 20.0]], [2.0, 3.0], 1.5, shape)]
+        out = C.smooth_in_time(frames, window=1, unchanged=[edge_pos, np.zeros((0, 2))])
+        # frame 0: its inner column smoothed exactly as without the edge column, the edge column as given
+        np.testing.assert_allclose(out[0].positions, [ref[0].positions[0], [-1.0, 20.0]], atol=1e-12)
+        np.testing.assert_allclose(out[0].amplitudes, [ref[0].amplitudes[0], eps], atol=1e-12)
+        # frame 1: its column at (−1.1, 20) has nothing to link to (frame 0's is unchanged): kept as fitted
+        np.testing.assert_allclose(out[1].positions[1], [-1.1, 20.0], atol=1e-12)
+        assert out[1].amplitudes[1] == pytest.approx(3.0)
+    # without `unchanged` the faded column took the track's mean: (ε + 3) / 2
+    plain = C.smooth_in_time(frames, window=1)
+    assert plain[0].amplitudes[1] == pytest.approx((0.8 + 3.0) / 2)
+    with pytest.raises(InputError, match="2 frames of columns but 1 arrays"):
+        C.smooth_in_time(frames, window=1, unchanged=[edge_pos])
 
 
 def test_column_fit_refuses_bad_input():
