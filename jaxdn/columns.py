@@ -20,8 +20,8 @@ are, the fit takes their intensities and width from the frame itself.
 """
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -448,7 +448,7 @@ def _fit_rounds(img, pos, held, windows, *, sigma, order, iters, min_rel, min_di
         positive = amp > 0
         pos, amp, held = pos[positive], amp[positive], held[positive]
     else:                       # columns held at given places (tracks) stay, faded to 0 where the frame shows none:
-        amp = np.maximum(amp, 0.0)   # dropped, a column at 1e-3 went while one at 1e-3 took its track's amplitude
+        amp = np.maximum(amp, 0.0)   # (dropped, one at −1e-3 vanished while one at +1e-3 took its track's amplitude)
     if len(bgs) == 1 and len(windows) == 1:
         bg = bgs[0][2]
     else:

@@ -689,7 +689,8 @@ def evaluate(*, method: str = "noise2atom", weights=None, data=None, outdir, qui
     Simulated (no `data`): CSS of the denoised movie beside the clean movie's own CSS (the ceiling: frames differ
     by drift), PSNR (after a least-squares affine fit to the clean movie, for every method) against
     a Gaussian filter whose σ is tuned for PSNR on the same movie, and atom-column precision /
-    recall / F1 at 2 px — without and with a slow background gradient. With `refine` also the
+    recall / F1 at 2 px (also of a resolving peak finder: `_f1`) — without and with a slow background
+    gradient. With `refine` also the
     column refinement (``refine="frame"`` and ``"movie"``) and its two peers (`_refined_scores`;
     default: on unless `quick`).
     Writes ``outdir/noise2atom_eval.json``.
