@@ -740,6 +740,44 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
     return out
 
 
+def columns_from_neighbours(frames: list[Columns], *, window: int = 2, drift=None, min_frames: int | None = None,
+                            min_distance: float | None = None, margin: float = 0.0) -> list[np.ndarray]:
+    """Per frame t, (M_t, 2) positions of columns that frame t lacks but most of frames t ± window hold:
+    candidates from each neighbour (shifted by `drift` (T, 2)) farther than `min_distance` (default σ)
+    from frame t's columns, grouped within that distance; a group seen by at least `min_frames`
+    distinct neighbours (default: half of them, at least 2 where there are 2) gives its mean
+    position, if that lies in frame t at least `margin` px inside its edges."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    t_n = len(frames)
+    drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
+    out = []
+    for t, cols in enumerate(frames):
+        h, w = cols.shape
+        dmin = cols.sigma if min_distance is None else float(min_distance)
+        us = [u for u in range(max(0, t - window), min(t_n, t + window + 1)) if u != t]
+        need = min(len(us), max(2, -(-len(us) // 2))) if min_frames is None else int(min_frames)
+        pos = [frames[u].positions.reshape(-1, 2) - drift[u] + drift[t] for u in us]
+        src = np.concatenate([np.full(len(p), u) for p, u in zip(pos, us)]) if us else np.zeros(0)
+        pos = np.concatenate(pos) if us else np.zeros((0, 2))
+        if len(pos) and len(cols.positions):
+            d, _ = cKDTree(cols.positions).query(pos)
+            pos, src = pos[d > dmin], src[d > dmin]
+        new = np.zeros((0, 2))
+        if len(pos):
+            pairs = cKDTree(pos).query_pairs(dmin, output_type="ndarray")
+            graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
+            n, label = connected_components(graph, directed=False)
+            support = np.array([len(np.unique(src[label == g])) for g in range(n)])
+            centre = np.column_stack([np.bincount(label, pos[:, i], n) / np.bincount(label, None, n) for i in (0, 1)])
+            lo, hi = margin, np.array([h - 1, w - 1]) - margin
+            ok = (support >= need) & np.all((centre >= lo) & (centre <= hi), axis=1)
+            new = centre[ok]
+        out.append(new)
+    return out
+
+
 def _matched(positions, targets, tol: float = 1e-3) -> np.ndarray:
     """(N,) bool: which of `positions` (N, 2) lie within `tol` px of one of `targets` (M, 2)."""
     from scipy.spatial import cKDTree

@@ -323,6 +323,37 @@ def test_held_positions_keep_every_column_and_clip_negative_amplitudes_to_zero()
     assert len(free.positions) == len(real)              # the negative column is a hole, not a column
 
 
+def test_columns_from_neighbours_adds_what_most_neighbours_see():
+    """Frame 2 of five misses lattice column k that frames 0, 1, 3, 4 hold: it gets k at the mean of their
+    drift-shifted positions. A column only one neighbour holds (below half of the four), one beside a
+    column of frame 2, and one outside frame 2 (each seen by 2–3 neighbours) are not added; no other
+    frame gets any (at the movie's ends, too, two neighbours must agree)."""
+    shape, sigma = (40, 40), 1.5
+    lattice = _grid(shape, 8.0, 5.0)
+    drift = np.array([[0.0, 0.0], [0.6, -0.4], [1.2, -0.8], [1.8, -1.2], [2.4, -1.6]])
+    rng = np.random.default_rng(9)
+    noise = rng.normal(0, 0.1, (5,) + lattice.shape)
+    k = 7
+    frames = []
+    for t in range(5):
+        p = lattice + drift[t] + noise[t]
+        if t == 2:
+            p = np.delete(p, k, axis=0)
+        if t == 0:   # a lone extra column (one neighbour only)
+            p = np.concatenate([p, [[20.0, 33.0]]])
+        if t in (0, 1):   # one 0.5 px from frame 2's column 3
+            p = np.concatenate([p, [lattice[3] + drift[t] + [0.5, 0.0]]])
+        if t in (1, 3, 4):   # one 1 px beyond frame 2's top edge
+            p = np.concatenate([p, [[-1.0 + drift[t, 0] - drift[2, 0], 20.0 + drift[t, 1] - drift[2, 1]]]])
+        frames.append(_cols(p, np.ones(len(p)), sigma, shape))
+    got = C.columns_from_neighbours(frames, window=2, drift=drift)
+    assert len(got) == 5
+    want = np.mean([lattice[k] + drift[2] + noise[u, k] for u in (0, 1, 3, 4)], axis=0)
+    np.testing.assert_allclose(got[2], [want], atol=1e-9)
+    assert all(len(g) == 0 for t, g in enumerate(got) if t != 2)
+    assert len(C.columns_from_neighbours(frames, window=2, drift=drift, min_frames=1)[2]) == 2   # + the lone one
+
+
 def test_drop_close_columns_keeps_the_brighter_of_each_close_pair():
     cols = _cols([[10.0, 10.0], [10.09, 10.0], [20.0, 20.0], [20.0, 21.9]], [2.0, 1.98, 1.0, 3.0], 1.8, (40, 40))
     out = C.drop_close_columns(cols)                                  # default: closer than σ = 1.8 px
@@ -735,7 +766,7 @@ def test_noise2atom_streamed_stack_matches_the_in_memory_result(tmp_path):
 
 
 def test_noise2atom_streamed_refine_movie_sees_its_neighbours_across_chunk_boundaries(tmp_path):
-    """Streamed in chunks of 3 frames, `refine="movie"` gets 3 × track_window frames of context per
+    """Streamed in chunks of 3 frames, `refine="movie"` gets 4 × track_window frames of context per
     side (`stream_halo`) and matches the one-call result (up to the per-call median σ); without the
     context the frames next to a boundary lose their tracks."""
     import jax
@@ -746,7 +777,7 @@ def test_noise2atom_streamed_refine_movie_sees_its_neighbours_across_chunk_bound
     noisy = np.asarray(noisy)
     np.save(tmp_path / "movie.npy", noisy)
     opts = {"refine": "movie", "track_window": 1}
-    assert N.stream_halo(opts) == 3 and N.stream_halo({"refine": "frame"}) == 0
+    assert N.stream_halo(opts) == 4 and N.stream_halo({"refine": "frame"}) == 0
     res = batch.denoise_file(tmp_path / "movie.npy", tmp_path / "out.npy", method="noise2atom", batch_frames=3,
                              options=opts)
     assert res.streamed
