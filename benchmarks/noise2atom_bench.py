@@ -6,6 +6,7 @@
     python benchmarks/noise2atom_bench.py css-edges [--seed 1] [--background 0.5]
     python benchmarks/noise2atom_bench.py refine-repro [--frames 16] [--size 128] [--peak 3] [--tries 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
+    python benchmarks/noise2atom_bench.py norm-lrelu [--shape 6,130,130,64]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
@@ -360,6 +361,45 @@ def speed(args) -> None:
         print(json.dumps({k: v for k, v in p.items()}, default=str), flush=True)
 
 
+def norm_lrelu(args) -> None:
+    """Where the `paper` step's elementwise time goes: the fused instance norm + leaky ReLU
+    (`models.noise2atom.norm_leaky_relu`) forward and backward on one activation, against the
+    memory passes they need at least (one elementwise read+write, one per-sample sum), same process."""
+    import jax
+    import jax.numpy as jnp
+    from jaxdn.models.noise2atom import _nlr_bwd, _nlr_fwd
+    shape = tuple(int(v) for v in args.shape.split(","))
+    x = jax.random.normal(jax.random.key(0), shape) * 0.7 + 0.3
+    g = jax.random.normal(jax.random.key(1), shape)
+    scale, offset = jnp.full(1, 1.3), jnp.full(1, 0.1)
+    fwd = jax.jit(_nlr_fwd)
+    res = fwd(x, scale, offset)[1]
+
+    def best_ms(f, *a, n=20):
+        jax.block_until_ready(f(*a))
+        times = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            for _ in range(n):
+                r = f(*a)
+            jax.block_until_ready(r)
+            times.append((time.perf_counter() - t) / n)
+        return 1e3 * min(times)
+
+    mb = x.size * 4 / 1e6
+    cases = {"a·x + b (1 read, 1 write)": (jax.jit(lambda v: 2.0 * v + 1.0), (x,)),
+             "per-sample sum (1 read)": (jax.jit(lambda v: jnp.sum(v, axis=(1, 2, 3))), (x,)),
+             "norm+lReLU forward, with residuals": (fwd, (x, scale, offset)),
+             "norm+lReLU backward": (jax.jit(_nlr_bwd), (res, g))}
+    print(f"| {shape} float32, {mb:.1f} MB per tensor | ms (best of {args.rounds}) | tensor passes at the a·x+b rate |")
+    print("|---|---|---|")
+    base = None
+    for name, (f, a) in cases.items():
+        ms = best_ms(f, *a)
+        base = ms / 2 if base is None else base
+        print(f"| {name} | {ms:.2f} | {ms / base:.1f} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -394,6 +434,9 @@ def main(argv=None) -> int:
     ce.add_argument("--peak", type=float, default=3.0)
     ce.add_argument("--seed", type=int, default=1)
     ce.add_argument("--background", type=float, default=0.5, help="gradient strength (0: flat)")
+    nl = sub.add_parser("norm-lrelu")
+    nl.add_argument("--shape", default="6,130,130,64", help="N,H,W,C of the activation (paper: 6 × 130² × 64)")
+    nl.add_argument("--rounds", type=int, default=3)
     s = sub.add_parser("speed")
     s.add_argument("--variants", default="small")
     s.add_argument("--steps", type=int, default=2, help="timed steps per case per round")
@@ -401,11 +444,12 @@ def main(argv=None) -> int:
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     s.add_argument("--torch-jemalloc", action="store_true", help="also time the peer under jemalloc")
     args = ap.parse_args(argv)
-    if args.cmd == "speed" and argv is None:
+    if args.cmd in ("speed", "norm-lrelu") and argv is None:
         from jaxdn.allocator import maybe_reexec
         maybe_reexec()  # JAX under jemalloc when installed, as the `jaxdn` command runs
     {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling,
-     "refine-large": refine_large, "refine-repro": refine_repro, "css-edges": css_edges}[args.cmd](args)
+     "refine-large": refine_large, "refine-repro": refine_repro, "css-edges": css_edges,
+     "norm-lrelu": norm_lrelu}[args.cmd](args)
     return 0
 
 

@@ -52,7 +52,7 @@ def _add_denoise(sub) -> None:
                    help="Noise2Atom: fit Gaussian columns to each input frame at the atom map's columns "
                         "(output in the input's units, background removed); 'movie' also averages column "
                         "tracks over neighbouring frames after drift correction and adds the columns the atom "
-                        "map missed from the fit's residual (default: none, the atom map)")
+                        "map missed from the fit's residual and the neighbouring frames' fits (default: none, the atom map)")
     p.add_argument("--track-window", type=int, help="Noise2Atom --refine movie: frames averaged on each side (default 2)")
     p.add_argument("--resume", action="store_true",
                    help="skip inputs whose output and sidecar exist for the same input (SHA-256) and method")

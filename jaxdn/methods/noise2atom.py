@@ -16,7 +16,8 @@ frames too (±`track_window`, after rigid drift correction, `columns.movie_drift
 half the column spacing): the seeds come from the drift-registered mean of the atom maps
 (`columns.registered_mean`: a column missed or a false one in one frame's map is outvoted), the
 positions are fitted to the drift-registered mean of the input frames (the dose of the whole window;
-columns the seeds miss are added from that fit's residual, `columns.missed_columns`),
+columns the seeds miss are added from that fit's residual, `columns.missed_columns`, and those that
+most neighbouring frames' fits hold but frame t's misses from theirs, `columns.columns_from_neighbours`),
 each column's position is averaged along its track in the other frames (`columns.smooth_in_time`;
 columns that move more than σ between frames are not averaged), σ and the amplitudes are fitted
 again at those positions, and the amplitudes averaged along the tracks. Streamed stacks get the
