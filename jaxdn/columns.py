@@ -710,9 +710,7 @@ def smooth_in_time(frames: list[Columns], *, window: int = 2, drift=None, tolera
         kept = [_matched(c.positions, u) for c, u in zip(frames, unchanged)]
         moving = smooth_in_time([_subset(c, ~k) for c, k in zip(frames, kept)], window=window, drift=drift,
                                 tolerance=tolerance, leave_out=leave_out)
-        return [dataclasses.replace(m, positions=np.concatenate([m.positions, c.positions[k]]),
-                                    amplitudes=np.concatenate([m.amplitudes, c.amplitudes[k]]))
-                for m, c, k in zip(moving, frames, kept)]
+        return [with_columns(m, c.positions[k], c.amplitudes[k]) for m, c, k in zip(moving, frames, kept)]
     corrected = [c.positions - drift[t] for t, c in enumerate(frames)]
     trees = [cKDTree(p) if len(p) else None for p in corrected]
     out = []
@@ -747,8 +745,6 @@ def columns_from_neighbours(frames: list[Columns], *, window: int = 2, drift=Non
     from frame t's columns, grouped within that distance; a group seen by at least `min_frames`
     distinct neighbours (default: half of them, at least 2 where there are 2) gives its mean
     position, if that lies in frame t at least `margin` px inside its edges."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
     t_n = len(frames)
     drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
@@ -759,17 +755,15 @@ def columns_from_neighbours(frames: list[Columns], *, window: int = 2, drift=Non
         us = [u for u in range(max(0, t - window), min(t_n, t + window + 1)) if u != t]
         need = min(len(us), max(2, -(-len(us) // 2))) if min_frames is None else int(min_frames)
         pos = [frames[u].positions.reshape(-1, 2) - drift[u] + drift[t] for u in us]
-        src = np.concatenate([np.full(len(p), u) for p, u in zip(pos, us)]) if us else np.zeros(0)
+        src = np.concatenate([np.full(len(p), u) for p, u in zip(pos, us)]) if us else np.zeros(0, int)
         pos = np.concatenate(pos) if us else np.zeros((0, 2))
         if len(pos) and len(cols.positions):
             d, _ = cKDTree(cols.positions).query(pos)
             pos, src = pos[d > dmin], src[d > dmin]
         new = np.zeros((0, 2))
         if len(pos):
-            pairs = cKDTree(pos).query_pairs(dmin, output_type="ndarray")
-            graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
-            n, label = connected_components(graph, directed=False)
-            support = np.array([len(np.unique(src[label == g])) for g in range(n)])
+            n, label = _groups(pos, dmin)
+            support = np.bincount(np.unique(label * t_n + src) // t_n, minlength=n)   # distinct neighbours per group
             centre = np.column_stack([np.bincount(label, pos[:, i], n) / np.bincount(label, None, n) for i in (0, 1)])
             lo, hi = margin, np.array([h - 1, w - 1]) - margin
             ok = (support >= need) & np.all((centre >= lo) & (centre <= hi), axis=1)
@@ -790,6 +784,23 @@ def _matched(positions, targets, tol: float = 1e-3) -> np.ndarray:
 def _subset(cols: Columns, mask) -> Columns:
     """`cols` with only the columns where `mask` (N,) is True."""
     return dataclasses.replace(cols, positions=cols.positions[mask], amplitudes=cols.amplitudes[mask])
+
+
+def with_columns(cols: Columns, positions, amplitudes) -> Columns:
+    """`cols` plus columns at `positions` (M, 2) px with `amplitudes` (M,), appended after its own."""
+    return dataclasses.replace(cols, positions=np.concatenate([cols.positions, np.reshape(positions, (-1, 2))]),
+                               amplitudes=np.concatenate([cols.amplitudes, amplitudes]))
+
+
+def _groups(pos, dist: float) -> tuple[int, np.ndarray]:
+    """Groups of positions (N, 2) px linked by pairs closer than `dist` px (transitively):
+    (number of groups, (N,) group label of each)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    pairs = cKDTree(pos).query_pairs(dist, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
+    return connected_components(graph, directed=False)
 
 
 def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, margin: float | None = None,
@@ -813,8 +824,6 @@ def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, 
     a column's position is the w-weighted mean and its amplitude Σ w·a / max(Σ w, 1) (the mean
     where at least one neighbour sees it whole, fading to 0 with the evidence).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
     t_n = len(frames)
     drift = np.zeros((t_n, 2)) if drift is None else np.asarray(drift, np.float64)
@@ -845,9 +854,7 @@ def columns_beyond_edges(frames: list[Columns], *, window: int = 2, drift=None, 
             wt = wt * np.clip((d - dmin) / (0.25 * dmin), 0.0, 1.0)
             pos, amp, wt = pos[wt > 0], amp[wt > 0], wt[wt > 0]
         if len(pos):
-            pairs = cKDTree(pos).query_pairs(dmin, output_type="ndarray")
-            graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(pos), len(pos)))
-            n, label = connected_components(graph, directed=False)
+            n, label = _groups(pos, dmin)
             total = np.bincount(label, wt, n)
             pos = np.column_stack([np.bincount(label, wt * pos[:, i], n) / total for i in (0, 1)])
             amp = np.bincount(label, wt * amp, n) / np.maximum(total, 1.0)

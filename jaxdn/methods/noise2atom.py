@@ -25,7 +25,6 @@ frames this needs around each chunk (`stream_halo`).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numpy as np
 
@@ -208,9 +207,7 @@ def fit_movie_columns(data, *, weights=None, refine: str = "movie", track_window
         # test movie, 2 e⁻, gradient: F1 of the fitted list 0.923 -> 0.953, CSS 0.691 -> 0.706, +0.8 dB;
         # seeds 0 and 1 unchanged); their amplitude (0 here) is never used: the refit below takes it from frame t
         extra = C.columns_from_neighbours(fitted, window=window, drift=drift, margin=NEIGHBOUR_MARGIN * fitted[0].sigma)
-        fitted = [dataclasses.replace(c, positions=np.concatenate([c.positions, e]),
-                                      amplitudes=np.concatenate([c.amplitudes, np.zeros(len(e))]))
-                  for c, e in zip(fitted, extra)]
+        fitted = [C.with_columns(c, e, np.zeros(len(e))) for c, e in zip(fitted, extra)]
         # σ and amplitudes again, to frame t itself, at each column's position averaged over the
         # *other* frames of its track (left out: frame t's own shot noise does not place its columns;
         # session 6, single-frame positions, 2 e⁻, gradient: σ 1.8 px for a true 2.14; 2.01 left out)
