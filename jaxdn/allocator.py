@@ -3,8 +3,8 @@
 XLA:CPU allocates each executable's temporary buffers afresh on every call; with glibc's malloc the
 big ones are new ``mmap`` regions, so every training step page-faults and zero-fills all of its
 scratch memory again (1.6 M minor faults, ~6 s of kernel time per Noise2Atom `paper` step on the
-2-core CI machine). An allocator that never returns freed pages to the OS reuses them: that step
-runs 15–30 % faster (benchmarks/results/noise2atom.md). An allocator can only be chosen when a
+2-core CI machine). An allocator that keeps freed pages for reuse (jemalloc for good, mimalloc until
+they have lain unused for a second) spares that: the step runs 15–30 % faster (benchmarks/results/noise2atom.md). An allocator can only be chosen when a
 process starts, so the ``jaxdn`` command re-executes itself once with ``LD_PRELOAD`` set
 (`maybe_reexec`). Linux only. jemalloc is used when the system has it (Debian/Ubuntu:
 ``apt install libjemalloc2``), else mimalloc from the ``cmeel-mimalloc`` wheel (a dependency on
@@ -25,11 +25,15 @@ __all__ = ["jemalloc_library", "mimalloc_library", "loaded_allocator", "reexec_e
 # Keep dirty and muzzy pages for reuse: the process stays at its peak resident size, which for
 # training (the same step over and over) is what it needs anyway.
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-# The same for mimalloc: never purge (decommit) freed memory, and serve even the biggest blocks from
-# its arenas. mimalloc 3 hands objects over 2 GiB straight to the OS and unmaps them on free; XLA:CPU
-# allocates each executable's temporaries as one block (5.7 GB for the Noise2Atom `paper` step),
-# which then page-faulted and zero-filled anew on every step: 14 % of that step's CPU time.
-MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1TiB"}
+# mimalloc: serve even the biggest blocks from its arenas, and purge (decommit) freed memory only
+# after it has lain unused for a second. mimalloc 3 hands objects over 2 GiB straight to the OS and
+# unmaps them on free, and XLA:CPU allocates each executable's temporaries as one block (5.7 GB for
+# the Noise2Atom `paper` step), which was page-faulted and zero-filled anew on every step (14 % of
+# that step's CPU time). Never purging (-1) keeps those pages too, but the block lands elsewhere in
+# the arenas now and then and the process grows (16.5 GB against 9.1 GB); a purge delay longer than
+# the gap between two steps keeps the pages that are reused and returns the rest
+# (benchmarks/results/noise2atom.md, session 18).
+MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "1000", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1TiB"}
 ALLOCATORS = ("jemalloc", "mimalloc")  # in order of preference
 _GUARD = "JAXDN_ALLOCATOR_REEXEC"
 _SAVED = "JAXDN_ALLOCATOR_SAVED_ENV"   # the user's own values of the variables the re-execution sets

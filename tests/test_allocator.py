@@ -30,9 +30,10 @@ def test_reexec_env_keeps_users_preload_and_malloc_conf():
     assert env["MALLOC_CONF"] == "narenas:2"
 
 
-def test_reexec_env_falls_back_to_mimalloc_and_never_purges():
+def test_reexec_env_falls_back_to_mimalloc_and_keeps_pages():
     env = _env(library=None, mimalloc=MILIB, environ={"MALLOC_CONF": "narenas:2"})
-    assert env["LD_PRELOAD"] == MILIB and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert env["LD_PRELOAD"] == MILIB and env["MIMALLOC_PURGE_DELAY"] == "1000"
+    assert env["MIMALLOC_ARENA_MAX_OBJECT_SIZE"] == "1TiB"
     assert env["MALLOC_CONF"] == "narenas:2"         # jemalloc's settings left as the user had them
     assert _env(mimalloc=MILIB)["LD_PRELOAD"] == LIB  # jemalloc first when both are there
     env = _env(mimalloc=MILIB, environ={"JAXDN_ALLOCATOR": "mimalloc", "MIMALLOC_PURGE_DELAY": "10"})
@@ -88,7 +89,7 @@ def test_cli_reexecs_only_as_the_command_process(monkeypatch):
 
 _LIBS = {"jemalloc": allocator.jemalloc_library, "mimalloc": allocator.mimalloc_library}
 _SETTING = {"jemalloc": ("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1"),
-            "mimalloc": ("MIMALLOC_PURGE_DELAY", "-1")}
+            "mimalloc": ("MIMALLOC_PURGE_DELAY", "1000")}
 
 
 @pytest.mark.parametrize("choice", ["jemalloc", "mimalloc", "system"])
