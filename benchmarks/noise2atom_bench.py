@@ -13,6 +13,8 @@
 `speed` runs JAX under jemalloc, else mimalloc, as the `jaxdn` command does (`jaxdn.allocator`;
 `JAXDN_ALLOCATOR=system` for glibc's malloc, `=mimalloc` to pick it); the PyTorch peer always runs once under the system
 allocator, and with --torch-jemalloc also under jemalloc (it is slower there), so "fastest" is measured.
+Keep --steps ≥ 2: mimalloc returns pages left unused for a second, so the first JAX step after the
+PyTorch peer's turn faults its scratch memory in again; the minimum is the steady state.
 
 `quality` calls `jaxdn.train.noise2atom.evaluate` (CSS vs the clean movie's own CSS, PSNR vs a
 Gaussian filter tuned on the same movie, atom-column F1 at 2 px, flat and gradient background) and
