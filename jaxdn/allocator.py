@@ -4,10 +4,10 @@ XLA:CPU allocates each executable's temporary buffers afresh on every call; with
 big ones are new ``mmap`` regions, so every training step page-faults and zero-fills all of its
 scratch memory again (1.6 M minor faults, ~6 s of kernel time per Noise2Atom `paper` step on the
 2-core CI machine). An allocator that keeps freed pages for reuse (jemalloc for good, mimalloc until
-they have lain unused for a second) spares that: the step runs 15–30 % faster (benchmarks/results/noise2atom.md). An allocator can only be chosen when a
-process starts, so the ``jaxdn`` command re-executes itself once with ``LD_PRELOAD`` set
-(`maybe_reexec`). Linux only. jemalloc is used when the system has it (Debian/Ubuntu:
-``apt install libjemalloc2``), else mimalloc from the ``cmeel-mimalloc`` wheel (a dependency on
+they have lain unused for a second) spares that: the step runs 15–30 % faster
+(benchmarks/results/noise2atom.md). An allocator can only be chosen when a process starts, so the
+``jaxdn`` command re-executes itself once with ``LD_PRELOAD`` set (`maybe_reexec`). Linux only.
+jemalloc is used when the system has it (Debian/Ubuntu: ``apt install libjemalloc2``), else mimalloc from the ``cmeel-mimalloc`` wheel (a dependency on
 Linux x86-64, so ``pip install`` brings it). ``JAXDN_ALLOCATOR=system|jemalloc|mimalloc`` chooses.
 """
 from __future__ import annotations

@@ -92,6 +92,14 @@ _SETTING = {"jemalloc": ("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1"),
             "mimalloc": ("MIMALLOC_PURGE_DELAY", "1000")}
 
 
+def _user_env(choice):
+    """This process's environment without any allocator settings, asking for allocator `choice`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC") and not k.startswith("MIMALLOC_")}
+    env["JAXDN_ALLOCATOR"] = choice
+    return env
+
+
 @pytest.mark.parametrize("choice", ["jemalloc", "mimalloc", "system"])
 def test_maybe_reexec_runs_the_process_again_under_the_allocator(choice):
     """The process runs again under the allocator with its arguments; the programs it starts see
@@ -104,9 +112,7 @@ def test_maybe_reexec_runs_the_process_again_under_the_allocator(choice):
             f"grandchild = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout; "
             f"print(allocator.loaded_allocator(), os.environ.get({setting!r}), os.environ.get('LD_PRELOAD'), "
             "os.environ.get('JAXDN_ALLOCATOR_REEXEC'), grandchild.strip(), sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC") and not k.startswith("MIMALLOC_")}
-    env["JAXDN_ALLOCATOR"] = choice
+    env = _user_env(choice)
     out = subprocess.run([sys.executable, "-c", code, "a b", "c"], env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout.split(maxsplit=5)
     assert out[0] == choice
@@ -138,9 +144,7 @@ def test_a_block_over_2_gib_is_reused_not_faulted_in_again(choice):
             "    a = np.empty((2200 << 20) // 4, np.float32); a[::1024] = 1.0; del a\n"  # one write per 4 KiB page
             "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
             "print(allocator.loaded_allocator(), *faults)")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "MALLOC_CONF", "JAXDN_ALLOCATOR_REEXEC") and not k.startswith("MIMALLOC_")}
-    env["JAXDN_ALLOCATOR"] = choice
+    env = _user_env(choice)
     name, first, second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                          timeout=120, check=True).stdout.split()
     assert name == choice
