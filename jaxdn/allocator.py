@@ -8,7 +8,8 @@ they have lain unused for a second) spares that: the step runs 15–30 % faster
 (benchmarks/results/noise2atom.md). An allocator can only be chosen when a process starts, so the
 ``jaxdn`` command re-executes itself once with ``LD_PRELOAD`` set (`maybe_reexec`). Linux only.
 jemalloc is used when the system has it (Debian/Ubuntu: ``apt install libjemalloc2``), else mimalloc
-from the ``cmeel-mimalloc`` wheel (a dependency on Linux x86-64, so ``pip install`` brings it). ``JAXDN_ALLOCATOR=system|jemalloc|mimalloc`` chooses.
+from the ``cmeel-mimalloc`` wheel (a dependency on Linux x86-64, so ``pip install`` brings it).
+``JAXDN_ALLOCATOR=system|jemalloc|mimalloc`` chooses.
 """
 from __future__ import annotations
 
