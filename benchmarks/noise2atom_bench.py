@@ -7,6 +7,7 @@
     python benchmarks/noise2atom_bench.py refine-repro [--frames 16] [--size 128] [--peak 3] [--tries 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py norm-lrelu [--shape 6,130,130,64]
+    python benchmarks/noise2atom_bench.py ttq --variants small,small:xla,fast [--steps 400] [--target 0.9,0.95]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
@@ -363,6 +364,49 @@ def speed(args) -> None:
         print(json.dumps({k: v for k, v in p.items()}, default=str), flush=True)
 
 
+def time_to_quality(args) -> None:
+    """Train each config variant from scratch (`jaxdn train`, one process each, one after another)
+    and read its `metrics.jsonl`: the wall time (compilation included) until the validation atom
+    F1 of `SnapshotSelector` first reaches each `--target`, beside the median step time."""
+    import os
+    import shutil
+    import statistics
+    import subprocess
+    root = Path(args.workdir)
+    targets = [float(t) for t in args.target.split(",")]
+    rows = []
+    for spec in args.variants.split(","):
+        variant, _, impl = spec.partition(":")
+        work = root / spec.replace(":", "_")
+        shutil.rmtree(work, ignore_errors=True)
+        cmd = [sys.executable, "-m", "jaxdn.cli", "train", "noise2atom", "--config", f"configs/noise2atom.py:{variant}",
+               "--workdir", str(work), "-q", "--set", f"steps={args.steps}"] + (["--set", f"model.impl={impl}"] if impl else [])
+        print(" ".join(cmd[1:]), flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if out.returncode:
+            raise SystemExit(f"{spec}: exit {out.returncode}: {out.stderr.strip()[-2000:]}")
+        records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r["kind"] == "eval" and "val_f1" in r]
+        rates = [r["steps_per_s"] for r in records if r["kind"] == "train" and "steps_per_s" in r]
+        hits = [next((r for r in evals if r["val_f1"] >= t), None) for t in targets]
+        best = max(evals, key=lambda r: (r["val_f1"], r["val_psnr"]))
+        row = {"variant": spec, "s_per_step": 1.0 / statistics.median(rates), "targets": targets,
+               "target_steps": [h and h["step"] for h in hits], "target_wall_s": [h and h["wall_s"] for h in hits],
+               "best_step": best["step"], "best_val_f1": best["val_f1"],
+               "best_val_psnr": best["val_psnr"], "wall_s": records[-1]["wall_s"],
+               "curve": [(r["step"], round(r["wall_s"], 1), round(r["val_f1"], 3), round(r["val_psnr"], 2)) for r in evals]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    heads = "".join(f" wall s to val F1 ≥ {t} (step) |" for t in targets)
+    print(f"\n| variant | s/step (median) |{heads} best val F1 / PSNR dB (step) | wall s for {args.steps} steps |")
+    print("|---|---|" + "---|" * len(targets) + "---|---|")
+    for r in rows:
+        hits = "".join(" not reached |" if s is None else f" {w:.0f} ({s}) |"
+                       for s, w in zip(r["target_steps"], r["target_wall_s"]))
+        print(f"| {r['variant']} | {r['s_per_step']:.3f} |{hits} {r['best_val_f1']:.3f} / {r['best_val_psnr']:.2f} "
+              f"({r['best_step']}) | {r['wall_s']:.0f} |")
+
+
 def norm_lrelu(args) -> None:
     """Where the `paper` step's elementwise time goes: the fused instance norm + leaky ReLU
     (`models.noise2atom.norm_leaky_relu`) forward and backward on one activation, against the
@@ -445,13 +489,18 @@ def main(argv=None) -> int:
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     s.add_argument("--torch-jemalloc", action="store_true", help="also time the peer under jemalloc")
+    tq = sub.add_parser("ttq", help="time to quality: train variants from scratch, one process each")
+    tq.add_argument("--variants", default="small,small:xla,fast")
+    tq.add_argument("--steps", type=int, default=400)
+    tq.add_argument("--target", default="0.9,0.95", help="validation atom F1 values to reach, comma-separated")
+    tq.add_argument("--workdir", default="/tmp/n2a_ttq")
     args = ap.parse_args(argv)
     if args.cmd in ("speed", "norm-lrelu") and argv is None:
         from jaxdn.allocator import maybe_reexec
         maybe_reexec()  # JAX under jemalloc when installed, as the `jaxdn` command runs
     {"quality": quality, "select": select, "speed": speed, "ceiling": ceiling,
      "refine-large": refine_large, "refine-repro": refine_repro, "css-edges": css_edges,
-     "norm-lrelu": norm_lrelu}[args.cmd](args)
+     "norm-lrelu": norm_lrelu, "ttq": time_to_quality}[args.cmd](args)
     return 0
 
 

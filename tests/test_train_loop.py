@@ -167,6 +167,9 @@ def test_fit_traces_once_logs_and_exports(tmp_path):
     assert train[0]["loss"] > train[-1]["loss"] and all(r["steps_per_s"] > 0 for r in train)
     assert res.first_step_s > 0
     assert [r["step"] for r in records if r["kind"] == "eval"] == [15, 30]
+    # wall time to each logged state, in log order: after the compiling first step, never decreasing
+    walls = [r["wall_s"] for r in records]
+    assert walls == sorted(walls) and walls[0] >= res.first_step_s > 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "config.json").read_text()) == {"kind": "linreg"}
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]

@@ -47,7 +47,9 @@ Semantics:
   `checkpoint_every` steps and at the end; an existing checkpoint always resumes (a different
   config is refused, except for `config.RESUME_SAFE_KEYS` such as ``steps``).
 * Output (process 0 only): ``config.json``, ``metrics.jsonl`` (``{"step", "kind": "train"|"eval",
-  ...}``; train values are means over the last `log_every` steps), ``loss.png``, tqdm bar.
+  "wall_s", ...}``; train values are means over the last `log_every` steps; ``wall_s`` is the
+  time since this call started, compilation, evaluations and checkpoints included, as of the end
+  of that step, so curves of quality against time compare variants), ``loss.png``, tqdm bar.
 * BatchNorm: `make_supervised_step` puts the model in train mode; batch statistics updated in the
   forward pass are part of the returned state. Eval functions call ``model.eval()``.
 * GAN / several optimizers: pack them in one state and write one pure step, e.g.

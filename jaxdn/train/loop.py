@@ -218,9 +218,10 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
     # ---- loop -----------------------------------------------------------------------------
     def run_eval(step, state) -> dict[str, float]:
         import numpy as np
+        wall_s = time.perf_counter() - t_start  # training time to this state, not the eval's own
         out = eval_fn(shd.local_copy(state), jax.random.fold_in(eval_key, step))
         out = {k: float(np.asarray(jax.device_get(v))) for k, v in out.items()}
-        metrics_log.write(step, "eval", out)
+        metrics_log.write(step, "eval", {**out, "wall_s": wall_s})
         return out
 
     progress = Progress(total=steps, initial=start, enabled=is_main and not quiet)
@@ -258,7 +259,7 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
                 if n_last:  # excludes the first (compiling) update
                     last_train["steps_per_s"] = n_last / max(now - t_last, 1e-9)
                 t_last, n_last = now, 0
-                metrics_log.write(done, "train", last_train)
+                metrics_log.write(done, "train", {**last_train, "wall_s": now - t_start})
                 progress.set_metrics(last_train)
             if eval_fn is not None and is_main and (
                     (eval_every and done % eval_every == 0) or done == steps):
