@@ -8,7 +8,7 @@
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py norm-lrelu [--shape 6,130,130,64]
     python benchmarks/noise2atom_bench.py ttq --variants small,small:xla,fast [--steps 400] [--target 0.9,0.95]
-    python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc]]
+    python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc] [--torch-bf16]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
 `speed` runs JAX under jemalloc, else mimalloc, as the `jaxdn` command does (`jaxdn.allocator`;
@@ -293,9 +293,10 @@ def _convolution_flops(make_step, state, batch) -> float:
 PEER_VARIANTS = ("paper", "small")  # architectures benchmarks/peers/torch_noise2atom.py implements
 
 
-def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = False) -> dict:
+def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = False, bf16: bool = False) -> dict:
     """The PyTorch peer with the architecture, optimiser and low-pass of config `variant`, under
-    the system allocator or (`jemalloc`) the one `jaxdn.allocator` would preload."""
+    the system allocator or (`jemalloc`) the one `jaxdn.allocator` would preload; `bf16`: under
+    bfloat16 autocast."""
     import os
     import subprocess
     from jaxdn.allocator import MALLOC_CONF, jemalloc_library
@@ -304,7 +305,8 @@ def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = 
     peer = Path(__file__).with_name("peers") / "torch_noise2atom.py"
     cmd = [sys.executable, str(peer), "--variant", variant, "--steps", str(steps), "--lr", str(cfg.lr),
            "--momentum", str(cfg.momentum), "--lowpass-size", str(cfg.lowpass_size),
-           "--lowpass-variance", str(cfg.lowpass_variance)] + (["--channels-last"] if channels_last else [])
+           "--lowpass-variance", str(cfg.lowpass_variance)] + (["--channels-last"] if channels_last else []) + (
+               ["--bf16"] if bf16 else [])
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     if jemalloc:
         env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=MALLOC_CONF)
@@ -334,8 +336,10 @@ def speed(args) -> None:
         for variant in sorted({c["variant"] for c in cases} & set(PEER_VARIANTS)):
             for cl in (False, True):
                 for je in (False, True) if args.torch_jemalloc and jemalloc_library() else (False,):
-                    peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}{' jemalloc' if je else ''}",
-                                  "variant": variant, "cl": cl, "jemalloc": je, "times": []})
+                    for bf in (False, True) if args.torch_bf16 else (False,):
+                        peers.append({"name": f"torch {variant}{' channels-last' if cl else ''}{' jemalloc' if je else ''}"
+                                      f"{' bf16 autocast' if bf else ''}",
+                                      "variant": variant, "cl": cl, "jemalloc": je, "bf16": bf, "times": []})
     for r in range(args.rounds):
         for c in cases:
             compiled, state, batch = c["run"]
@@ -346,7 +350,7 @@ def speed(args) -> None:
                 c["times"].append(time.perf_counter() - t)
             c["run"] = (compiled, state, batch)
         for p in peers:
-            res = _torch_step(p["variant"], p["cl"], args.steps, p["jemalloc"])
+            res = _torch_step(p["variant"], p["cl"], args.steps, p["jemalloc"], p["bf16"])
             p["times"].append(res.get("s_per_step", float("nan")))
             p["last"] = res
     print(f"\nf32 matmul peak (jnp.dot 2048², same run): {peak:.0f} GFLOP/s; JAX allocator: {loaded_allocator()}\n")
@@ -489,6 +493,8 @@ def main(argv=None) -> int:
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds (JAX cases, then peers)")
     s.add_argument("--torch", action="store_true", help="also time the PyTorch peer (torch==2.13.0)")
     s.add_argument("--torch-jemalloc", action="store_true", help="also time the peer under jemalloc")
+    s.add_argument("--torch-bf16", action="store_true", help="also time the peer under bfloat16 autocast (context "
+                   "for bf16 variants; the goal's peer is float32)")
     tq = sub.add_parser("ttq", help="time to quality: train variants from scratch, one process each")
     tq.add_argument("--variants", default="small,small:xla,fast")
     tq.add_argument("--steps", type=int, default=400)

@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (oneDNN bf16 convolutions), as context for jaxdn's bf16 variants")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--momentum", type=float, default=0.9, help="RMSProp momentum (0: none)")
@@ -135,6 +136,10 @@ def main():
     clean = (torch.rand(b, 1, c, c) * 2 - 1).to(memory_format=mf)
 
     def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            _step()
+
+    def _step():
         with torch.no_grad():
             fake = s2c(s)
         for _ in range(args.n_critic):
@@ -161,7 +166,7 @@ def main():
         step()
         times.append(time.perf_counter() - t)
     print(json.dumps({"peer": "torch", "torch": torch.__version__, "variant": args.variant,
-                      "channels_last": args.channels_last, "threads": torch.get_num_threads(),
+                      "channels_last": args.channels_last, "bf16": args.bf16, "threads": torch.get_num_threads(),
                       "s_per_step": min(times), "all": times}))
 
 
