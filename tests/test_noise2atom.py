@@ -133,6 +133,20 @@ def test_chunked_filter_gradient_matches_numpy(k, shape, cin, cout):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
 
 
+def test_chunked_filter_gradient_of_bfloat16_inputs():
+    """bfloat16 operands (the `fast` variants) take blocks of twice the rows — here 4 blocks, the last
+    partial — and accumulate in float32: equal to the NumPy sum of the same rounded values."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 60, 50, 64)), jnp.bfloat16)
+    g = jnp.asarray(rng.standard_normal((2, 58, 48, 3)), jnp.bfloat16)
+    xr, gr = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    ref = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xr[:, a:a + 58, b:b + 48], gr) for b in range(3)])
+                    for a in range(3)])
+    got = m._chunked_wgrad(x, g)
+    assert got.shape == (3, 3, 64, 3) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU-only")
 @pytest.mark.parametrize("k,pad,cin,cout", [(3, 1, 4, 32), (3, 2, 32, 4)])
 def test_fastgrad_chunked_filter_gradient_matches_autodiff_to_second_order(k, pad, cin, cout, monkeypatch):
