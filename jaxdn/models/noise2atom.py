@@ -187,8 +187,8 @@ def _chunked_wgrad(x, g):
     k = hx - ho + 1
     offsets = [a * wx + b for a in range(k) for b in range(k)]
     rows = n * hx * wx
-    # rows per block: a 2 MiB patch matrix (twice the rows in bfloat16: 12–18 % faster than the
-    # float32 row count on the `paper` layers, benchmarks/results/noise2atom.md, session 19)
+    # rows per block: a 2 MiB patch matrix (twice the rows in bfloat16: 8–11 % faster than the
+    # float32 row count on three `paper` layers, level on a fourth; results/noise2atom.md, session 19)
     size = x.dtype.itemsize
     block = int(np.clip((1 << 21) // (k * k * c * size), 256, 8192 // size)) // 64 * 64
     nblocks = -(-rows // block)
