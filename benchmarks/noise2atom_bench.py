@@ -372,7 +372,6 @@ def time_to_quality(args) -> None:
     """Train each config variant from scratch (`jaxdn train`, one process each, one after another)
     and read its `metrics.jsonl`: the wall time (compilation included) until the validation atom
     F1 of `SnapshotSelector` first reaches each `--target`, beside the median step time."""
-    import os
     import shutil
     import statistics
     import subprocess
@@ -386,7 +385,7 @@ def time_to_quality(args) -> None:
         cmd = [sys.executable, "-m", "jaxdn.cli", "train", "noise2atom", "--config", f"configs/noise2atom.py:{variant}",
                "--workdir", str(work), "-q", "--set", f"steps={args.steps}"] + (["--set", f"model.impl={impl}"] if impl else [])
         print(" ".join(cmd[1:]), flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{spec}: exit {out.returncode}: {out.stderr.strip()[-2000:]}")
         records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]

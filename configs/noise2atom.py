@@ -134,7 +134,7 @@ def get_config(variant: str = "default") -> Config:
     small = dataclasses.replace(
         paper,
         model=dataclasses.replace(ModelConfig(), widths=(16, 16, 16, 32), bottleneck=32, n_res=2,
-                                  critic_widths=(16, 32, 32, 64), impl="fastgrad"),
+                                  critic_widths=(16, 32, 32, 64)),
         crop=64, steps=600, lr=1e-4, momentum=0.0, clean_domain="lattice", background_order=2, guard=True,
         select_best=True, content_weight=5.0,
         guard_margin=0.3, lowpass_size=13, lowpass_variance=4.0,

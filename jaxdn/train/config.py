@@ -27,8 +27,8 @@ from typing import Any, Iterable
 
 from ..errors import InputError
 
-# Top-level fields that may change when a run is resumed (they do not change what is computed).
-# `model.impl` picks how convolutions are computed (same parameters, same values to rounding).
+# Fields (dotted for nested ones) that may change when a run is resumed: they do not change what is
+# computed (`model.impl` picks how convolutions are computed: same parameters, same values to rounding).
 RESUME_SAFE_KEYS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "model.impl")
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
