@@ -40,8 +40,11 @@ Variants:
              jaxdn train noise2atom --config configs/noise2atom.py:clusters --data MOVIE --workdir runs/mine
 
   fast   — `small` with bfloat16 convolution inputs (parameters and accumulation float32).
-  paper_fast — `paper` with bfloat16 convolution inputs (same parameters as paper; ≈ 5 % faster
-           on this CPU, where the filter-gradient products run on AMX).
+  paper_fast — `paper` with the filter gradients that run as matrix products (the wide layers'
+           `_chunked_wgrad` on CPU) taking bfloat16 operands, float32 accumulation; convolutions
+           stay float32 (XLA:CPU would upcast bf16 ones anyway). Same parameters as paper; 6–8 %
+           faster per step on this CPU, where bf16 products run on AMX (benchmarks/results/
+           noise2atom.md, session 20; bf16 inputs to every convolution gained 2–5 %).
   tiny   — for tests: widths 8/8/8/8, 8-ch bottleneck, 1 residual block, 32² crops, batch 2.
 """
 from __future__ import annotations
@@ -84,6 +87,8 @@ class ModelConfig:
     dropout: float = 0.25
     impl: Literal["xla", "im2col", "fastgrad"] = "fastgrad"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # operand dtype of the filter gradients computed as matrix products (CPU "fastgrad"); None = compute_dtype
+    wgrad_dtype: Literal["float32", "bfloat16"] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ def get_config(variant: str = "default") -> Config:
     variants = {
         "default": paper,
         "paper": paper,
-        "paper_fast": dataclasses.replace(paper, model=dataclasses.replace(paper.model, compute_dtype="bfloat16")),
+        "paper_fast": dataclasses.replace(paper, model=dataclasses.replace(paper.model, wgrad_dtype="bfloat16")),
         "small": small,
         "clusters": dataclasses.replace(small, clean_domain="noise2atom", lowpass_size=33, lowpass_variance=15.0,
                                         content_weight=0.0, steps=380),

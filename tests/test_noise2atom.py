@@ -168,6 +168,34 @@ def test_fastgrad_chunked_filter_gradient_matches_autodiff_to_second_order(k, pa
                                atol=1e-4 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU-only")
+def test_bfloat16_filter_gradient_products_leave_the_convolutions_float32(monkeypatch):
+    """`wgrad_dtype=bfloat16` with float32 convolutions (`paper_fast`): the value and the input
+    gradient are the float32 ones exactly; the chunked filter gradient gets bf16 operands and equals
+    the float64 sum of the bf16-rounded input and cotangent; the penalty's second derivative runs."""
+    dtypes = []
+    chunked = m._chunked_wgrad
+    monkeypatch.setattr(m, "_chunked_wgrad", lambda x, g: dtypes.append((x.dtype, g.dtype)) or chunked(x, g))
+    x = jax.random.normal(jax.random.key(0), (1, 128, 128, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 32)) * 0.3
+    conv = lambda wd: functools.partial(m.conv2d, pad=1, impl="fastgrad", wgrad_dtype=wd)
+    f = lambda wd: lambda x, w: jnp.sum(jnp.sin(conv(wd)(x, w)))
+    np.testing.assert_array_equal(conv(jnp.bfloat16)(x, w), conv(None)(x, w))
+    dx, dw = jax.grad(f(jnp.bfloat16), (0, 1))(x, w)
+    assert dw.dtype == jnp.float32 and dtypes == [(jnp.bfloat16, jnp.bfloat16)]
+    np.testing.assert_array_equal(dx, jax.grad(f(None), (0, 1))(x, w)[0])
+    rnd = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
+    xp = rnd(np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0))))
+    g = rnd(np.cos(np.asarray(conv(None)(x, w))))
+    ref = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, a:a + 128, b:b + 128], g) for b in range(3)])
+                    for a in range(3)])
+    np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    penalty = lambda wd: lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(conv(wd)(x, w))))(x) ** 2)
+    got, want = jax.grad(penalty(jnp.bfloat16))(w), jax.grad(penalty(None))(w)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * float(jnp.abs(want).max()))
+    assert not np.array_equal(got, want)  # the bf16 products were used at second order too
+
+
 def test_valid_conv_computed_padded_and_cropped_is_the_valid_conv():
     """`_xla_conv` with pad 0 on a ≥ 32² output (computed with padding 1 and cropped on CPU) equals
     lax's valid convolution exactly, also for an even kernel and a non-square map."""

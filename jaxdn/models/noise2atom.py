@@ -21,7 +21,10 @@ convolutions whose gradients of every order are also forward convolutions, strid
 space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv` and `_stride2_conv`;
 on CPU the filter gradients of wide layers are chunked matrix products, `_chunked_wgrad`)
 and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
-everything else in float32). Neither changes the parameters, so weights are interchangeable.
+everything else in float32); ``wgrad_dtype`` ("float32" | "bfloat16") the dtype of the operands of
+the filter gradients computed as matrix products (`_chunked_wgrad`, CPU "fastgrad" only; XLA:CPU
+upcasts bf16 *convolutions* to float32 but runs bf16 products on AMX, so on this CPU bf16 pays only
+there). None of them changes the parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (the method runs tiles whose sides are multiples of 16).
 """
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _nlr_bwd(res, g):
 norm_leaky_relu.defvjp(_nlr_fwd, _nlr_bwd)
 
 
-def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float32):
+def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float32, wgrad_dtype=None):
     """Cross-correlation of NHWC `x` with HWIO `w`, zero padding `pad` on every side, then `+ b`.
 
     Args:
@@ -87,6 +90,9 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float
       stride: spatial stride. pad: zero padding per side.
       impl: "xla", "im2col" or "fastgrad" (same result to float rounding; "fastgrad" covers
         stride 1 and 2 with 0 ≤ pad ≤ k − 1 and falls back to "xla" otherwise).
+      compute_dtype: dtype of the convolution inputs (accumulation float32).
+      wgrad_dtype: "fastgrad" only — dtype of the operands of chunked filter-gradient products
+        (None = `compute_dtype`).
     Returns:
       (N, (H + 2 pad − k) // stride + 1, same for W, Cout) float32.
     """
@@ -94,7 +100,8 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, impl="xla", compute_dtype=jnp.float
     xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
     if impl == "fastgrad":
         if stride in (1, 2) and 0 <= pad <= k - 1 and k > 1:
-            y = _padded_conv(xc, wc, pad) if stride == 1 else _stride2_conv(xc, wc, pad)
+            wd = compute_dtype if wgrad_dtype is None else wgrad_dtype
+            y = _padded_conv(xc, wc, pad, wd) if stride == 1 else _stride2_conv(xc, wc, pad, wd)
             return y.astype(jnp.float32) + (0.0 if b is None else b)
         impl = "xla"
     if impl == "xla" or k == 1 and stride == 1:
@@ -140,18 +147,21 @@ def _xla_conv(x, w, pad):
     return y[:, 1:1 + ho, 1:1 + wo] if crop else y
 
 
-def _xla_wgrad(x, g, pad):
+def _xla_wgrad(x, g, pad, product_dtype=None):
     """Filter gradient of `_xla_conv(x, ·, pad)` for output cotangent g: (k, k, Cin, Cout) float32.
 
-    A forward convolution of the padded input with channels as batch and the batch as input features.
+    A forward convolution of the padded input with channels as batch and the batch as input features,
+    or on CPU for wide layers `_chunked_wgrad`, whose operands are cast to `product_dtype` (None: as given).
     """
     k = x.shape[1] + 2 * pad - g.shape[1] + 1
     if 0 < pad == k - 1:
         # A "full" conv (valid transposed conv): dW is the flipped transpose of the valid filter
         # gradient with x and g swapped — no padded copy of x (measured ~7 % of the N2A step).
-        return _flip_t(_xla_wgrad(g, x, 0))
+        return _flip_t(_xla_wgrad(g, x, 0, product_dtype))
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
     if _use_chunked_wgrad(xp, g):
+        if product_dtype is not None:
+            xp, g = xp.astype(product_dtype), g.astype(product_dtype)
         return _chunked_wgrad(xp, g)
     dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                       [(0, 0), (0, 0)], dimension_numbers=_DN,
@@ -219,10 +229,10 @@ def _padded_conv_impl(x, w, pad_arr):
 
 @jax.custom_vjp
 def _wgrad_impl(x, g, pad_arr):
-    return _xla_wgrad(x, g, pad_arr.shape[0])
+    return _xla_wgrad(x, g, pad_arr.shape[0], pad_arr.dtype)
 
 
-def _padded_conv(x, w, pad: int):
+def _padded_conv(x, w, pad: int, wgrad_dtype=None):
     """Stride-1 conv of NHWC `x` with HWIO `w`, zero padding `pad` (0 ≤ pad ≤ k − 1), custom gradient.
 
     XLA:CPU differentiates convolutions through slow generic kernels (the filter gradient of a
@@ -230,9 +240,11 @@ def _padded_conv(x, w, pad: int):
     are worse). Here every derivative, of any order, is one of two forward convolutions:
     ∂x = conv(g, flipped Wᵀ, padding k − 1 − pad) and ∂W = `_xla_wgrad` (batch and channels swapped),
     whose own derivatives are again these two (`_wgrad_impl`). Same values to float rounding. `pad`
-    travels as the length of a dummy array so the custom VJPs stay pure functions of arrays.
+    travels as the length of a dummy array, and `wgrad_dtype` (None: x's dtype; the operand dtype of
+    chunked filter-gradient products, at every order) as its dtype, so the custom VJPs stay pure
+    functions of arrays.
     """
-    return _padded_conv_impl(x, w, jnp.zeros((pad,), x.dtype))
+    return _padded_conv_impl(x, w, jnp.zeros((pad,), x.dtype if wgrad_dtype is None else wgrad_dtype))
 
 
 def _padded_conv_fwd(x, w, pad_arr):
@@ -242,16 +254,18 @@ def _padded_conv_fwd(x, w, pad_arr):
     return _padded_conv_impl(x, w, pad_arr), (x, w, pad_arr)
 
 
-def _input_grad(g, w, pad: int, dtype):
-    """∂x of `_xla_conv(x, w, pad)` for the output cotangent g: conv(g, flipped Wᵀ, k − 1 − pad)."""
-    dx = _padded_conv_impl(g.astype(dtype), _flip_t(w), jnp.zeros((w.shape[0] - 1 - pad,), dtype))
+def _input_grad(g, w, pad_arr, dtype):
+    """∂x of `_xla_conv(x, w, pad)` for the output cotangent g: conv(g, flipped Wᵀ, k − 1 − pad),
+    pad = len(pad_arr) (its dtype carried on), in `dtype`."""
+    dx = _padded_conv_impl(g.astype(dtype), _flip_t(w),
+                           jnp.zeros((w.shape[0] - 1 - pad_arr.shape[0],), pad_arr.dtype))
     return dx.astype(dtype)
 
 
 def _padded_conv_bwd(res, g):
     x, w, pad_arr = res
     g = g.astype(x.dtype)
-    dx = _input_grad(g, w, pad_arr.shape[0], x.dtype)
+    dx = _input_grad(g, w, pad_arr, x.dtype)
     dw = _wgrad_impl(x, g, pad_arr)
     return dx, dw.astype(w.dtype), jnp.zeros_like(pad_arr)
 
@@ -266,14 +280,14 @@ def _wgrad_bwd(res, c):
     x, g, pad_arr = res
     c = c.astype(x.dtype)
     dg = _padded_conv_impl(x, c, pad_arr).astype(g.dtype)
-    return _input_grad(g, c, pad_arr.shape[0], x.dtype), dg, jnp.zeros_like(pad_arr)
+    return _input_grad(g, c, pad_arr, x.dtype), dg, jnp.zeros_like(pad_arr)
 
 
 _padded_conv_impl.defvjp(_padded_conv_fwd, _padded_conv_bwd)
 _wgrad_impl.defvjp(_wgrad_fwd, _wgrad_bwd)
 
 
-def _stride2_conv(x, w, pad: int):
+def _stride2_conv(x, w, pad: int, wgrad_dtype=None):
     """Stride-2 conv (zero padding `pad`) as a stride-1 conv on the space-to-depth input.
 
     XLA:CPU's gradients of strided convolutions are dilated convolutions that run at a few GFLOP/s;
@@ -291,10 +305,10 @@ def _stride2_conv(x, w, pad: int):
     xs = x.reshape(n, hp, 2, wp, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, 4 * cin)
     wz = jnp.pad(w, ((0, 2 * kk - k), (0, 2 * kk - k), (0, 0), (0, 0)))
     ws = wz.reshape(kk, 2, kk, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(kk, kk, 4 * cin, cout)
-    return _padded_conv(xs, ws, 0)[:, :ho, :wo]
+    return _padded_conv(xs, ws, 0, wgrad_dtype)[:, :ho, :wo]
 
 
-def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):
+def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32, wgrad_dtype=None):
     """Valid stride-2 transposed conv with a 4×4 kernel: (N, H, W, Cin) → (N, 2H + 2, 2W + 2, Cout).
 
     Equals ``lax.conv_transpose(x, w, (2, 2), 'VALID', dimension_numbers=('NHWC','HWIO','NHWC'))``
@@ -311,7 +325,8 @@ def upconv2x(x, w, b=None, *, impl="xla", compute_dtype=jnp.float32):
         for c in (0, 1):
             phases.append(w[np.array([1 - a, 3 - a])][:, np.array([1 - c, 3 - c])])  # (2, 2, Cin, Cout)
     w2 = jnp.stack(phases, axis=3).reshape(2, 2, cin, 4 * cout)  # channel = phase * Cout + o
-    y = conv2d(x, w2, None, pad=1, impl=impl, compute_dtype=compute_dtype)  # (N, H+1, W+1, 4 Cout)
+    y = conv2d(x, w2, None, pad=1, impl=impl, compute_dtype=compute_dtype,
+               wgrad_dtype=wgrad_dtype)  # (N, H+1, W+1, 4 Cout)
     n, h1, w1, _ = y.shape
     y = y.reshape(n, h1, w1, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h1, 2 * w1, cout)
     return y if b is None else y + b
@@ -349,18 +364,20 @@ class Conv(nnx.Module):
     """
 
     def __init__(self, cin: int, cout: int, k: int, *, kind: str = "conv", stride: int = 1, pad: int = 0,
-                 impl: str = "xla", compute_dtype: str = "float32", rngs: nnx.Rngs):
+                 impl: str = "xla", compute_dtype: str = "float32", wgrad_dtype: str | None = None,
+                 rngs: nnx.Rngs):
         self.kernel = nnx.Param(_glorot(rngs.params(), (k, k, cin, cout)))
         self.bias = nnx.Param(jax.device_put(np.zeros((cout,), np.float32)))
         self.kind, self.stride, self.pad = kind, stride, pad
-        self.impl, self.compute_dtype = impl, compute_dtype
+        self.impl, self.compute_dtype, self.wgrad_dtype = impl, compute_dtype, wgrad_dtype
 
     def __call__(self, x):
         dt = jnp.dtype(self.compute_dtype)
+        wd = None if self.wgrad_dtype is None else jnp.dtype(self.wgrad_dtype)
         if self.kind == "up2":
-            return upconv2x(x, self.kernel[...], self.bias[...], impl=self.impl, compute_dtype=dt)
+            return upconv2x(x, self.kernel[...], self.bias[...], impl=self.impl, compute_dtype=dt, wgrad_dtype=wd)
         return conv2d(x, self.kernel[...], self.bias[...], stride=self.stride, pad=self.pad,
-                      impl=self.impl, compute_dtype=dt)
+                      impl=self.impl, compute_dtype=dt, wgrad_dtype=wd)
 
 
 class InstanceNorm(nnx.Module):
@@ -387,8 +404,8 @@ class _Act(nnx.Module):
 class Block(nnx.Module):
     """Basic block: transposed conv k (valid, = conv pad k − 1) → act → conv k (valid) → act. Size-preserving."""
 
-    def __init__(self, cin, cout, k, *, norm=True, impl="xla", compute_dtype="float32", rngs):
-        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, cin, cout, k, *, norm=True, impl="xla", compute_dtype="float32", wgrad_dtype=None, rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype, rngs=rngs)
         self.c1 = Conv(cin, cout, k, pad=k - 1, **kw)
         self.a1 = _Act(norm)
         self.c2 = Conv(cout, cout, k, **kw)
@@ -401,11 +418,13 @@ class Block(nnx.Module):
 class MultiKernel(nnx.Module):
     """Xception-style block: `cout` split evenly over `kernels`, one Block each, concatenated."""
 
-    def __init__(self, cin, cout, kernels: Sequence[int], *, impl="xla", compute_dtype="float32", rngs):
+    def __init__(self, cin, cout, kernels: Sequence[int], *, impl="xla", compute_dtype="float32", wgrad_dtype=None,
+                 rngs):
         sub = cout // len(kernels)
         if sub * len(kernels) != cout:
             raise ValueError(f"width {cout} not divisible by {len(kernels)} kernel sizes")
-        self.branches = nnx.List([Block(cin, sub, k, impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        self.branches = nnx.List([Block(cin, sub, k, impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype,
+                                        rngs=rngs)
                                   for k in kernels])
 
     def __call__(self, x):
@@ -415,8 +434,8 @@ class MultiKernel(nnx.Module):
 class Down(nnx.Module):
     """Transposed conv 3 (stride 1, valid) → act → conv 3 stride 2 (valid) → act: H → H / 2."""
 
-    def __init__(self, cin, cout, *, norm=True, impl="xla", compute_dtype="float32", rngs):
-        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, cin, cout, *, norm=True, impl="xla", compute_dtype="float32", wgrad_dtype=None, rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype, rngs=rngs)
         self.c1 = Conv(cin, cout, 3, pad=2, **kw)
         self.a1 = _Act(norm)
         self.c2 = Conv(cout, cout, 3, stride=2, **kw)
@@ -429,8 +448,8 @@ class Down(nnx.Module):
 class Up(nnx.Module):
     """Transposed conv 4 stride 2 (valid, 2H + 2) → act → conv 3 (valid) → act: H → 2H."""
 
-    def __init__(self, cin, cout, *, impl="xla", compute_dtype="float32", rngs):
-        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+    def __init__(self, cin, cout, *, impl="xla", compute_dtype="float32", wgrad_dtype=None, rngs):
+        kw = dict(impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype, rngs=rngs)
         self.c1 = Conv(cin, cout, 4, kind="up2", **kw)
         self.a1 = _Act(True)
         self.c2 = Conv(cout, cout, 3, **kw)
@@ -449,15 +468,15 @@ class Generator(nnx.Module):
       n_res: residual blocks in the bottleneck (paper: 16).
       kernels_full / kernels_deep: multi-kernel sizes at full resolution / deeper (paper: 1,3,5,7 / 3,5).
       out_kernel, out_mid: output block kernel and hidden width (paper: 9, 8).
-      impl, compute_dtype: see module docstring.
+      impl, compute_dtype, wgrad_dtype: see module docstring (wgrad_dtype None: compute_dtype).
     Call: (N, H, W, 1) in [−1, 1], H and W divisible by 8 → (N, H, W, 1) in (−1, 1).
     """
 
     def __init__(self, *, widths=(64, 64, 64, 128), bottleneck=192, n_res=16, kernels_full=(1, 3, 5, 7),
                  kernels_deep=(3, 5), out_kernel=9, out_mid=8, impl="xla", compute_dtype="float32",
-                 rngs: nnx.Rngs):
+                 wgrad_dtype=None, rngs: nnx.Rngs):
         w0, w1, w2, w3 = widths
-        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype, rngs=rngs)
         self.in_block = Block(1, w0, 3, norm=False, **kw)
         self.enc0 = MultiKernel(w0, w0, kernels_full, **kw)
         self.down1, self.pre1, self.enc1 = Down(w0, w1, **kw), Block(w1, w1, 3, **kw), MultiKernel(w1, w1, kernels_deep, **kw)
@@ -499,10 +518,10 @@ class Critic(nnx.Module):
     """
 
     def __init__(self, *, size=128, widths=(64, 64, 128, 128), dropout=0.25, impl="xla",
-                 compute_dtype="float32", rngs: nnx.Rngs):
+                 compute_dtype="float32", wgrad_dtype=None, rngs: nnx.Rngs):
         if size % 16:
             raise ValueError(f"critic size must be a multiple of 16, got {size}")
-        kw = dict(impl=impl, compute_dtype=compute_dtype, rngs=rngs)
+        kw = dict(impl=impl, compute_dtype=compute_dtype, wgrad_dtype=wgrad_dtype, rngs=rngs)
         cins = (1,) + tuple(widths[:-1])
         self.downs = nnx.List([Down(ci, co, norm=i > 0, **kw) for i, (ci, co) in enumerate(zip(cins, widths))])
         feat = (size // 16) ** 2 * widths[-1]

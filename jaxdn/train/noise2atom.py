@@ -100,19 +100,27 @@ def preprocess(frames: np.ndarray, *, background_order: int | None, value_range=
 
 # ---- models & optimizers --------------------------------------------------------------------------
 
+def _getter(model_cfg):
+    """`get(key)` on a `ModelConfig` or its dict form; `wgrad_dtype` (added in session 20) is None
+    where a stored config predates it."""
+    if isinstance(model_cfg, dict):
+        return lambda k: model_cfg.get(k) if k == "wgrad_dtype" else model_cfg[k]
+    return lambda k: getattr(model_cfg, k)
+
+
 def generator_kwargs(model_cfg) -> dict:
     """Keyword arguments of `Generator` from a `ModelConfig` (or its dict form)."""
-    get = (lambda k: model_cfg[k]) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k))
+    get = _getter(model_cfg)
     return dict(widths=tuple(get("widths")), bottleneck=int(get("bottleneck")), n_res=int(get("n_res")),
                 kernels_full=tuple(get("kernels_full")), kernels_deep=tuple(get("kernels_deep")),
                 out_kernel=int(get("out_kernel")), out_mid=int(get("out_mid")), impl=get("impl"),
-                compute_dtype=get("compute_dtype"))
+                compute_dtype=get("compute_dtype"), wgrad_dtype=get("wgrad_dtype"))
 
 
 def critic_kwargs(model_cfg, crop: int) -> dict:
-    get = (lambda k: model_cfg[k]) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k))
+    get = _getter(model_cfg)
     return dict(size=int(crop), widths=tuple(get("critic_widths")), dropout=float(get("dropout")),
-                impl=get("impl"), compute_dtype=get("compute_dtype"))
+                impl=get("impl"), compute_dtype=get("compute_dtype"), wgrad_dtype=get("wgrad_dtype"))
 
 
 class Nets:
