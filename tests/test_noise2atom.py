@@ -133,17 +133,21 @@ def test_chunked_filter_gradient_matches_numpy(k, shape, cin, cout):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
 
 
-def test_chunked_filter_gradient_of_bfloat16_inputs():
-    """bfloat16 operands (the `fast` variants) take blocks of twice the rows — here 4 blocks, the last
-    partial — and accumulate in float32: equal to the NumPy sum of the same rounded values."""
+@pytest.mark.parametrize("shape,k", [((2, 60, 50, 64), 3), ((1, 7, 6, 8), 2)])
+def test_chunked_filter_gradient_of_bfloat16_inputs(shape, k):
+    """bfloat16 operands (`_per_tap_wgrad`: one product per tap per block — here 3 blocks, the last
+    partial; a grid too small for two blocks runs in float32) accumulate in float32: equal to the
+    NumPy sum of the same rounded values."""
     rng = np.random.default_rng(7)
-    x = jnp.asarray(rng.standard_normal((2, 60, 50, 64)), jnp.bfloat16)
-    g = jnp.asarray(rng.standard_normal((2, 58, 48, 3)), jnp.bfloat16)
+    n, h, w, c = shape
+    ho, wo = h - k + 1, w - k + 1
+    x = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    g = jnp.asarray(rng.standard_normal((n, ho, wo, 3)), jnp.bfloat16)
     xr, gr = np.asarray(x, np.float64), np.asarray(g, np.float64)
-    ref = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xr[:, a:a + 58, b:b + 48], gr) for b in range(3)])
-                    for a in range(3)])
-    got = m._chunked_wgrad(x, g)
-    assert got.shape == (3, 3, 64, 3) and got.dtype == jnp.float32
+    ref = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xr[:, a:a + ho, b:b + wo], gr) for b in range(k)])
+                    for a in range(k)])
+    got = jax.jit(m._chunked_wgrad)(x, g)
+    assert got.shape == (k, k, c, 3) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
@@ -176,8 +180,8 @@ def test_bfloat16_filter_gradient_products_leave_the_convolutions_float32(monkey
     dtypes = []
     chunked = m._chunked_wgrad
     monkeypatch.setattr(m, "_chunked_wgrad", lambda x, g: dtypes.append((x.dtype, g.dtype)) or chunked(x, g))
-    x = jax.random.normal(jax.random.key(0), (1, 128, 128, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 32)) * 0.3
+    x = jax.random.normal(jax.random.key(0), (1, 128, 128, 16))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
     conv = lambda wd: functools.partial(m.conv2d, pad=1, impl="fastgrad", wgrad_dtype=wd)
     f = lambda wd: lambda x, w: jnp.sum(jnp.sin(conv(wd)(x, w)))
     np.testing.assert_array_equal(conv(jnp.bfloat16)(x, w), conv(None)(x, w))

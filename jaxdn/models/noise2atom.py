@@ -159,7 +159,7 @@ def _xla_wgrad(x, g, pad, product_dtype=None):
         # gradient with x and g swapped — no padded copy of x (measured ~7 % of the N2A step).
         return _flip_t(_xla_wgrad(g, x, 0, product_dtype))
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
-    if _use_chunked_wgrad(xp, g):
+    if _use_chunked_wgrad(xp, g, product_dtype):
         if product_dtype is not None:
             xp, g = xp.astype(product_dtype), g.astype(product_dtype)
         return _chunked_wgrad(xp, g)
@@ -169,18 +169,44 @@ def _xla_wgrad(x, g, pad, product_dtype=None):
     return dw.transpose(1, 2, 0, 3)
 
 
-def _use_chunked_wgrad(x, g) -> bool:
-    """Whether `_chunked_wgrad` beats XLA:CPU's filter-gradient convolution for these shapes.
+def _use_chunked_wgrad(x, g, product_dtype=None) -> bool:
+    """Whether `_chunked_wgrad` (operands cast to `product_dtype`, None: x's dtype) beats XLA:CPU's
+    filter-gradient convolution for these shapes.
 
     Measured per layer of the `paper` step on the 2-core CPU (benchmarks/results/noise2atom.md):
     XLA:CPU runs a filter gradient with many output pixels as one huge-kernel convolution at
-    15–25 GFLOP/s, the chunked products at 45–100; on thin layers (≤ 16 output channels) or 16²
-    maps XLA's own is faster. Only on CPU: elsewhere the serial loop would be the slow one.
+    15–25 GFLOP/s, the float32 chunked products at 45–100; on thin layers (≤ 16 output channels) or
+    16² maps XLA's own is faster. The bfloat16 per-tap products (AMX) beat it on 31 of the step's 33
+    filter-gradient shapes, 1.1–8× (session 20); it stays ahead on the two with one output channel
+    and on 16 → 16 channels at k 3 (6.5 vs 9.1 ms). Only on CPU: elsewhere the serial loop would be
+    the slow one.
     """
     if jax.default_backend() != "cpu":
         return False
     pixels, cin, cout = g.shape[0] * g.shape[1] * g.shape[2], x.shape[3], g.shape[3]
+    if jnp.dtype(x.dtype if product_dtype is None else product_dtype) == jnp.bfloat16:
+        k = x.shape[1] - g.shape[1] + 1
+        return cout >= 16 and pixels >= 256 and cin * cout * k * k >= 4096
     return cout >= 32 and (pixels >= 16384 or (pixels >= 4096 and cin >= 64))
+
+
+def _row_blocks(x, g, block: int):
+    """The flattened grid of `_chunked_wgrad`: (xf, gt, offsets, nblocks) for row blocks of `block`.
+
+    xf: (nblocks·block + offsets[-1], C) rows of x, zero-padded so every block's shifted rows exist;
+    gt: (O, nblocks·block), g zero-padded to Hx × Wx and transposed, so each block's gᵀ is contiguous;
+    offsets: the k² row offsets a·Wx + b of the taps.
+    """
+    n, hx, wx, c = x.shape
+    _, ho, wo, o = g.shape
+    k = hx - ho + 1
+    offsets = [a * wx + b for a in range(k) for b in range(k)]
+    rows = n * hx * wx
+    nblocks = -(-rows // block)
+    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
+    gf = jnp.pad(g, ((0, 0), (0, hx - ho), (0, wx - wo), (0, 0))).reshape(rows, o)
+    gt = jnp.pad(gf, ((0, nblocks * block - rows), (0, 0))).T
+    return xf, gt, offsets, nblocks
 
 
 def _chunked_wgrad(x, g):
@@ -188,23 +214,18 @@ def _chunked_wgrad(x, g):
 
     x: (N, Hx, Wx, C), g: (N, Hx − k + 1, Wx − k + 1, O) → (k, k, C, O) float32. On the flattened
     (N·Hx·Wx) grid with g zero-padded to Hx × Wx, tap (a, b) is the row offset a·Wx + b of x, so a
-    `fori_loop` over blocks of rows builds each block's k²·C-wide patch matrix while it is still in
-    cache and adds gᵀ·patches — no k²-fold copy of x in memory (XLA:CPU runs that copy and the
-    long-K product it feeds at a fraction of its matmul rate). Wrap-around rows meet zeros of g.
+    `fori_loop` over blocks of rows adds each block's products while its rows are still in cache —
+    no k²-fold copy of x in memory (XLA:CPU runs that copy and the long-K product it feeds at a
+    fraction of its matmul rate). Wrap-around rows meet zeros of g. Float32: one gᵀ·patches product
+    per block over the block's k²·C-wide patch matrix. bfloat16 (`_per_tap_wgrad`): k² products per
+    block, no patch matrix.
     """
-    n, hx, wx, c = x.shape
-    _, ho, wo, o = g.shape
-    k = hx - ho + 1
-    offsets = [a * wx + b for a in range(k) for b in range(k)]
-    rows = n * hx * wx
-    # rows per block: a 2 MiB patch matrix (twice the rows in bfloat16: 8–11 % faster than the
-    # float32 row count on three `paper` layers, level on a fourth; results/noise2atom.md, session 19)
-    size = x.dtype.itemsize
-    block = int(np.clip((1 << 21) // (k * k * c * size), 256, 8192 // size)) // 64 * 64
-    nblocks = -(-rows // block)
-    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
-    gf = jnp.pad(g, ((0, 0), (0, hx - ho), (0, wx - wo), (0, 0))).reshape(rows, o)
-    gt = jnp.pad(gf, ((0, nblocks * block - rows), (0, 0))).T  # (O, rows): each block's gᵀ contiguous
+    if x.dtype == jnp.bfloat16:
+        return _per_tap_wgrad(x, g)
+    k, c, o = x.shape[1] - g.shape[1] + 1, x.shape[3], g.shape[3]
+    # rows per block: a 2 MiB patch matrix
+    block = int(np.clip((1 << 21) // (k * k * c * x.dtype.itemsize), 256, 2048)) // 64 * 64
+    xf, gt, offsets, nblocks = _row_blocks(x, g, block)
 
     def add_block(i, acc):
         xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
@@ -215,6 +236,33 @@ def _chunked_wgrad(x, g):
     # not unrolled: unrolling 2 or 8 bodies made the `paper` step no faster and its compile 1.4–3.4× longer
     acc = jax.lax.fori_loop(0, nblocks, add_block, jnp.zeros((o, k * k * c), jnp.float32))
     return acc.T.reshape(k, k, c, o)
+
+
+def _per_tap_wgrad(x, g):
+    """`_chunked_wgrad` of bfloat16 operands: per block of rows, one (O × block)·(block × C) product
+    per tap on the shifted rows, accumulated in float32. XLA:CPU runs these bf16 products on AMX, so
+    building a patch matrix would cost more than the products (session 20, per `paper` layer: 1.3–3×
+    faster than the bf16 patch-matrix form, e.g. 6 × 130² × 64 → 64, k 3: 34.7 vs 50.6 ms).
+    Blocks of ≈ 512 KiB of x rows (the fastest of 1–8 k rows on the step's layers), at least two: a
+    one-trip loop is removed and XLA:CPU then sends the products to a dot kernel without bf16 × bf16
+    → f32 (an UNIMPLEMENTED error at run time), so a grid too small for two blocks is computed in
+    float32."""
+    n, hx, wx, c = x.shape
+    k, o = hx - g.shape[1] + 1, g.shape[3]
+    rows = n * hx * wx
+    block = min(int(np.clip((1 << 19) // (c * x.dtype.itemsize), 512, 8192)), rows // 2) // 64 * 64
+    if block < 64:
+        x, g, block = x.astype(jnp.float32), g.astype(jnp.float32), rows
+    xf, gt, offsets, nblocks = _row_blocks(x, g, block)
+
+    def add_block(i, acc):
+        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
+        gb = jax.lax.dynamic_slice_in_dim(gt, i * block, block, 1)  # (O, block)
+        return acc + jnp.stack([jnp.dot(gb, xb[s:s + block], preferred_element_type=jnp.float32)
+                                for s in offsets])
+
+    acc = jax.lax.fori_loop(0, nblocks, add_block, jnp.zeros((k * k, o, c), jnp.float32))
+    return acc.transpose(0, 2, 1).reshape(k, k, c, o)
 
 
 def _flip_t(w):
