@@ -176,17 +176,18 @@ def _use_chunked_wgrad(x, g, product_dtype=None) -> bool:
     Measured per layer of the `paper` step on the 2-core CPU (benchmarks/results/noise2atom.md):
     XLA:CPU runs a filter gradient with many output pixels as one huge-kernel convolution at
     15–25 GFLOP/s, the float32 chunked products at 45–100; on thin layers (≤ 16 output channels) or
-    16² maps XLA's own is faster. The bfloat16 per-tap products (AMX) beat it on 31 of the step's 33
-    filter-gradient shapes, 1.1–8× (session 20); it stays ahead on the two with one output channel
-    and on 16 → 16 channels at k 3 (6.5 vs 9.1 ms). Only on CPU: elsewhere the serial loop would be
-    the slow one.
+    16² maps XLA's own is faster. The bfloat16 per-tap products (AMX) beat it, 1.1–8×, on the
+    filter gradients of ≥ 32 output channels and ≥ 0.1 GFLOP, and of 16 at k ≥ 5 and ≥ 1 GFLOP; it
+    stays ahead on thinner or smaller ones (33 shapes of the `paper` step, 35 of `small`; session 20).
+    Only on CPU: elsewhere the serial loop would be the slow one.
     """
     if jax.default_backend() != "cpu":
         return False
     pixels, cin, cout = g.shape[0] * g.shape[1] * g.shape[2], x.shape[3], g.shape[3]
     if jnp.dtype(x.dtype if product_dtype is None else product_dtype) == jnp.bfloat16:
         k = x.shape[1] - g.shape[1] + 1
-        return cout >= 16 and pixels >= 256 and cin * cout * k * k >= 4096
+        flops = 2 * pixels * k * k * cin * cout
+        return (cout >= 32 and flops >= 1e8) or (cout >= 16 and k >= 5 and flops >= 1e9)
     return cout >= 32 and (pixels >= 16384 or (pixels >= 4096 and cin >= 64))
 
 
