@@ -290,7 +290,8 @@ def _convolution_flops(make_step, state, batch) -> float:
     return (compiled.cost_analysis() or {}).get("flops", float("nan"))
 
 
-PEER_VARIANTS = ("paper", "small")  # architectures benchmarks/peers/torch_noise2atom.py implements
+# config variant -> the architecture benchmarks/peers/torch_noise2atom.py implements for it
+PEER_VARIANTS = {"paper": "paper", "paper_fast": "paper", "small": "small", "fast": "small"}
 
 
 def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = False, bf16: bool = False) -> dict:
@@ -333,7 +334,7 @@ def speed(args) -> None:
                       "run": (compiled, state, batch), "times": []})
     peers = []
     if args.torch:
-        for variant in sorted({c["variant"] for c in cases} & set(PEER_VARIANTS)):
+        for variant in sorted({PEER_VARIANTS[c["variant"]] for c in cases if c["variant"] in PEER_VARIANTS}):
             for cl in (False, True):
                 for je in (False, True) if args.torch_jemalloc and jemalloc_library() else (False,):
                     for bf in (False, True) if args.torch_bf16 else (False,):
@@ -363,7 +364,7 @@ def speed(args) -> None:
         print(json.dumps({k: v for k, v in c.items() if k != "run"}), flush=True)
     for p in peers:
         t = min(p["times"])
-        gflop = next((c["gflop"] for c in cases if c["variant"] == p["variant"]), float("nan"))
+        gflop = next((c["gflop"] for c in cases if PEER_VARIANTS.get(c["variant"]) == p["variant"]), float("nan"))
         print(f"| {p['name']} (eager) | {t:.3f} | – | ({gflop:.1f}) | {gflop / t:.1f} | {100 * gflop / t / peak:.0f} % |")
         print(json.dumps({k: v for k, v in p.items()}, default=str), flush=True)
 

@@ -624,3 +624,19 @@ def test_f1_resolving_finder_separates_a_dim_column_beside_a_bright_one():
     assert s["recall"] == pytest.approx(len(bright) / len(truth))          # the dim half is missed
     assert s["resolving"]["f1"] == pytest.approx(1.0)
     assert s["resolving"]["false_atoms_per_true"] == 0.0
+
+
+def test_speed_benchmark_counts_flops_with_chunked_filter_gradients_off():
+    """`benchmarks/noise2atom_bench.py speed` builds the fused step of a config and counts its FLOPs
+    with every filter gradient a convolution (patching `_use_chunked_wgrad`, whatever its arguments),
+    then restores the patched function."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "noise2atom_bench.py"
+    spec = importlib.util.spec_from_file_location("noise2atom_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    use = m._use_chunked_wgrad
+    compiled, state, batch, compile_s, gflop = bench._jax_step("tiny", None)
+    assert m._use_chunked_wgrad is use and compile_s > 0 and gflop > 0
+    assert batch["noisy"].shape == (2, 32, 32, 1)
