@@ -177,8 +177,8 @@ def _use_chunked_wgrad(x, g, product_dtype=None) -> bool:
     XLA:CPU runs a filter gradient with many output pixels as one huge-kernel convolution at
     15–25 GFLOP/s, the float32 chunked products at 45–100; on thin layers (≤ 16 output channels) or
     16² maps XLA's own is faster. The bfloat16 per-tap products (AMX) beat it, 1.1–8×, on the
-    filter gradients of ≥ 32 output channels and ≥ 0.1 GFLOP, and of 16 at k ≥ 5 and ≥ 1 GFLOP; it
-    stays ahead on thinner or smaller ones (33 shapes of the `paper` step, 35 of `small`; session 20).
+    filter gradients of ≥ 32 output channels and ≥ 0.1 GFLOP, and of 16 at k ≥ 5 and ≥ 1 GFLOP;
+    XLA's own stays ahead on thinner or smaller ones (33 shapes of the `paper` step, 35 of `small`; session 20).
     Only on CPU: elsewhere the serial loop would be the slow one.
     """
     if jax.default_backend() != "cpu":
