@@ -191,12 +191,13 @@ def _use_chunked_wgrad(x, g, product_dtype=None) -> bool:
     return cout >= 32 and (pixels >= 16384 or (pixels >= 4096 and cin >= 64))
 
 
-def _row_blocks(x, g, block: int):
-    """The flattened grid of `_chunked_wgrad`: (xf, gt, offsets, nblocks) for row blocks of `block`.
+def _sum_over_row_blocks(x, g, block: int, product, acc):
+    """Σ over row blocks of `product(gb, xb, offsets)` + `acc`, on the flattened grid of `_chunked_wgrad`.
 
-    xf: (nblocks·block + offsets[-1], C) rows of x, zero-padded so every block's shifted rows exist;
-    gt: (O, nblocks·block), g zero-padded to Hx × Wx and transposed, so each block's gᵀ is contiguous;
-    offsets: the k² row offsets a·Wx + b of the taps.
+    gb: (O, block), the block's gᵀ (g zero-padded to Hx × Wx, stored transposed so it is contiguous);
+    xb: (block + offsets[-1], C), the block's rows of x and the rows its taps reach (zero-padded);
+    offsets: the k² row offsets a·Wx + b of the taps. A `fori_loop`, not unrolled: unrolling 2 or 8
+    bodies made the `paper` step no faster and its compile 1.4–3.4× longer.
     """
     n, hx, wx, c = x.shape
     _, ho, wo, o = g.shape
@@ -207,7 +208,13 @@ def _row_blocks(x, g, block: int):
     xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
     gf = jnp.pad(g, ((0, 0), (0, hx - ho), (0, wx - wo), (0, 0))).reshape(rows, o)
     gt = jnp.pad(gf, ((0, nblocks * block - rows), (0, 0))).T
-    return xf, gt, offsets, nblocks
+
+    def add_block(i, acc):
+        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
+        gb = jax.lax.dynamic_slice_in_dim(gt, i * block, block, 1)
+        return acc + product(gb, xb, offsets)
+
+    return jax.lax.fori_loop(0, nblocks, add_block, acc)
 
 
 def _chunked_wgrad(x, g):
@@ -215,7 +222,7 @@ def _chunked_wgrad(x, g):
 
     x: (N, Hx, Wx, C), g: (N, Hx − k + 1, Wx − k + 1, O) → (k, k, C, O) float32. On the flattened
     (N·Hx·Wx) grid with g zero-padded to Hx × Wx, tap (a, b) is the row offset a·Wx + b of x, so a
-    `fori_loop` over blocks of rows adds each block's products while its rows are still in cache —
+    loop over blocks of rows adds each block's products while its rows are still in cache —
     no k²-fold copy of x in memory (XLA:CPU runs that copy and the long-K product it feeds at a
     fraction of its matmul rate). Wrap-around rows meet zeros of g. Float32: one gᵀ·patches product
     per block over the block's k²·C-wide patch matrix. bfloat16 (`_per_tap_wgrad`): k² products per
@@ -226,16 +233,12 @@ def _chunked_wgrad(x, g):
     k, c, o = x.shape[1] - g.shape[1] + 1, x.shape[3], g.shape[3]
     # rows per block: a 2 MiB patch matrix
     block = int(np.clip((1 << 21) // (k * k * c * x.dtype.itemsize), 256, 2048)) // 64 * 64
-    xf, gt, offsets, nblocks = _row_blocks(x, g, block)
 
-    def add_block(i, acc):
-        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
-        gb = jax.lax.dynamic_slice_in_dim(gt, i * block, block, 1)  # (O, block)
+    def product(gb, xb, offsets):
         patches = jnp.concatenate([xb[s:s + block] for s in offsets], 1)  # (block, k²·C)
-        return acc + jnp.dot(gb, patches, preferred_element_type=jnp.float32)
+        return jnp.dot(gb, patches, preferred_element_type=jnp.float32)
 
-    # not unrolled: unrolling 2 or 8 bodies made the `paper` step no faster and its compile 1.4–3.4× longer
-    acc = jax.lax.fori_loop(0, nblocks, add_block, jnp.zeros((o, k * k * c), jnp.float32))
+    acc = _sum_over_row_blocks(x, g, block, product, jnp.zeros((o, k * k * c), jnp.float32))
     return acc.T.reshape(k, k, c, o)
 
 
@@ -254,15 +257,11 @@ def _per_tap_wgrad(x, g):
     block = min(int(np.clip((1 << 19) // (c * x.dtype.itemsize), 512, 8192)), rows // 2) // 64 * 64
     if block < 64:
         x, g, block = x.astype(jnp.float32), g.astype(jnp.float32), rows
-    xf, gt, offsets, nblocks = _row_blocks(x, g, block)
 
-    def add_block(i, acc):
-        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
-        gb = jax.lax.dynamic_slice_in_dim(gt, i * block, block, 1)  # (O, block)
-        return acc + jnp.stack([jnp.dot(gb, xb[s:s + block], preferred_element_type=jnp.float32)
-                                for s in offsets])
+    def product(gb, xb, offsets):
+        return jnp.stack([jnp.dot(gb, xb[s:s + block], preferred_element_type=jnp.float32) for s in offsets])
 
-    acc = jax.lax.fori_loop(0, nblocks, add_block, jnp.zeros((k * k, o, c), jnp.float32))
+    acc = _sum_over_row_blocks(x, g, block, product, jnp.zeros((k * k, o, c), jnp.float32))
     return acc.transpose(0, 2, 1).reshape(k, k, c, o)
 
 
