@@ -277,21 +277,22 @@ def _jax_step(variant: str, impl: str | None):
 
 
 def _convolution_flops(make_step, state, batch) -> float:
-    """XLA's FLOP count of the step with every filter gradient a convolution: cost analysis counts a
-    loop body once, so the chunked filter gradients (`fori_loop`s) would be under-counted."""
+    """XLA's FLOP count of the step with every convolution and filter gradient an XLA convolution:
+    cost analysis counts a loop body once, so the chunked filter gradients (`fori_loop`s) and the
+    bf16 flat convolutions (`lax.map`) would be under-counted."""
     import jax
     from jaxdn.models import noise2atom as M
-    chunked = M._use_chunked_wgrad
-    M._use_chunked_wgrad = lambda *shapes: False
+    chunked, flat = M._use_chunked_wgrad, M._use_flat_conv
+    M._use_chunked_wgrad = M._use_flat_conv = lambda *shapes: False
     try:
         compiled = make_step().lower(state, batch, jax.random.key(0)).compile()
     finally:
-        M._use_chunked_wgrad = chunked
+        M._use_chunked_wgrad, M._use_flat_conv = chunked, flat
     return (compiled.cost_analysis() or {}).get("flops", float("nan"))
 
 
 # config variant -> the architecture benchmarks/peers/torch_noise2atom.py implements for it
-PEER_VARIANTS = {"paper": "paper", "paper_fast": "paper", "small": "small", "fast": "small"}
+PEER_VARIANTS = {"paper": "paper", "paper_fast": "paper", "paper_bf16": "paper", "small": "small", "fast": "small"}
 
 
 def _torch_step(variant: str, channels_last: bool, steps: int, jemalloc: bool = False, bf16: bool = False) -> dict:

@@ -45,6 +45,12 @@ Variants:
            stay float32 (XLA:CPU would upcast bf16 ones anyway). Same parameters as paper; 12–14 %
            faster per step than `paper` on this CPU, where bf16 products run on AMX, and 1.13× the
            PyTorch peer's fastest float32 mode (benchmarks/results/noise2atom.md, session 20).
+  paper_bf16 — `paper` with bfloat16 inputs to every convolution and filter-gradient product (as
+           PyTorch's bf16 autocast: parameters, accumulation, norms and losses float32). On CPU the
+           wide layers' convolutions run as bf16 matrix products on AMX (`_flat_conv`); the thin
+           ones stay XLA float32 convolutions of the rounded inputs. Same parameters as `paper`;
+           ≈ 16 % faster per step than `paper_fast` on this CPU (benchmarks/results/noise2atom.md,
+           session 21).
   tiny   — for tests: widths 8/8/8/8, 8-ch bottleneck, 1 residual block, 32² crops, batch 2.
 """
 from __future__ import annotations
@@ -148,6 +154,7 @@ def get_config(variant: str = "default") -> Config:
         "default": paper,
         "paper": paper,
         "paper_fast": dataclasses.replace(paper, model=dataclasses.replace(paper.model, wgrad_dtype="bfloat16")),
+        "paper_bf16": dataclasses.replace(paper, model=dataclasses.replace(paper.model, compute_dtype="bfloat16")),
         "small": small,
         "clusters": dataclasses.replace(small, clean_domain="noise2atom", lowpass_size=33, lowpass_variance=15.0,
                                         content_weight=0.0, steps=380),

@@ -151,6 +151,66 @@ def test_chunked_filter_gradient_of_bfloat16_inputs(shape, k):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
+def _numpy_conv(x, w, pad):
+    """Stride-1 cross-correlation in float64 as a NumPy sum over the k² taps (NHWC, HWIO)."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    w = np.asarray(w, np.float64)
+    k = w.shape[0]
+    ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
+    return sum(np.einsum("nhwc,co->nhwo", x[:, a:a + ho, b:b + wo], w[a, b]) for a in range(k) for b in range(k))
+
+
+@pytest.mark.parametrize("shape,k,pad,cout", [((2, 18, 18, 128), 3, 0, 16), ((1, 30, 26, 64), 5, 4, 8),
+                                              ((3, 17, 19, 128), 2, 1, 12), ((2, 12, 40, 64), 7, 6, 3)])
+def test_flat_conv_of_bfloat16_inputs_matches_numpy(shape, k, pad, cout):
+    """`_flat_conv` (one product of width k²·O per row block, shifted column slices summed; valid,
+    same and full padding, odd sizes that leave a partial last block) equals the float64 NumPy
+    convolution of the same bf16 values, with float32 accumulation."""
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((k, k, shape[3], cout)) / k, jnp.bfloat16)
+    got = jax.jit(lambda x, w: m._flat_conv(x, w, pad))(x, w)
+    ref = _numpy_conv(x, w, pad)
+    assert got.shape == ref.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_flat_conv_rule():
+    """bf16 products only where they were measured to win (wide inputs), only for bf16 inputs and
+    with at least two row blocks (a one-trip loop would reach a dot kernel without bf16 × bf16 → f32)."""
+    use = lambda shape, k, pad, cout=64, dtype=jnp.bfloat16: m._use_flat_conv(
+        jax.ShapeDtypeStruct(shape, dtype), jax.ShapeDtypeStruct((k, k, shape[3], cout), dtype), pad)
+    assert use((6, 18, 18, 192), 3, 0) and use((6, 16, 16, 192), 3, 2) and use((6, 65, 65, 256), 2, 0)
+    assert use((6, 128, 128, 64), 9, 8, 8) and use((6, 66, 66, 64), 3, 0)
+    assert not use((6, 18, 18, 192), 3, 0, dtype=jnp.float32)
+    assert not use((6, 134, 134, 16), 7, 0) and not use((6, 32, 32, 64), 3, 2)   # thin / small: XLA ahead
+    assert not use((1, 8, 8, 256), 3, 1)   # 100 rows: no two blocks of 256
+    assert not use((6, 18, 18, 192), 1, 0)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="`_flat_conv` is CPU-only")
+def test_bfloat16_convolutions_take_the_flat_products_to_second_order(monkeypatch):
+    """`compute_dtype=bfloat16` on a wide layer: value, input and filter gradients and the penalty's
+    second derivative run through `_flat_conv` (counted) and stay within bf16 rounding of float32."""
+    calls = []
+    flat = m._flat_conv
+    monkeypatch.setattr(m, "_flat_conv", lambda x, w, pad: calls.append((x.shape, pad)) or flat(x, w, pad))
+    x = jax.random.normal(jax.random.key(0), (2, 24, 24, 128))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 128, 128)) * 0.03
+    conv = lambda dt: functools.partial(m.conv2d, pad=1, impl="fastgrad", compute_dtype=dt)
+    y16, y32 = conv(jnp.bfloat16)(x, w), conv(jnp.float32)(x, w)
+    assert calls == [((2, 24, 24, 128), 1)]
+    np.testing.assert_allclose(y16, _numpy_conv(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16), 1),
+                               rtol=1e-5, atol=1e-5 * float(jnp.abs(y32).max()))
+    f = lambda dt: lambda x, w: jnp.sum(jnp.sin(conv(dt)(x, w)))
+    for got, ref in zip(jax.grad(f(jnp.bfloat16), (0, 1))(x, w), jax.grad(f(jnp.float32), (0, 1))(x, w)):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-2 * float(jnp.abs(ref).max()))
+    assert ((2, 24, 24, 128), 1) in calls[1:], "the input gradient did not take the flat products"
+    penalty = lambda dt: lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(conv(dt)(x, w))))(x) ** 2)
+    got, want = jax.grad(penalty(jnp.bfloat16))(w), jax.grad(penalty(jnp.float32))(w)
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-2 * float(jnp.abs(want).max()))
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU-only")
 @pytest.mark.parametrize("k,pad,cin,cout", [(3, 1, 4, 32), (3, 2, 32, 4)])
 def test_fastgrad_chunked_filter_gradient_matches_autodiff_to_second_order(k, pad, cin, cout, monkeypatch):
@@ -628,15 +688,15 @@ def test_f1_resolving_finder_separates_a_dim_column_beside_a_bright_one():
 
 def test_speed_benchmark_counts_flops_with_chunked_filter_gradients_off():
     """`benchmarks/noise2atom_bench.py speed` builds the fused step of a config and counts its FLOPs
-    with every filter gradient a convolution (patching `_use_chunked_wgrad`, whatever its arguments),
-    then restores the patched function."""
+    with every convolution and filter gradient an XLA convolution (patching `_use_chunked_wgrad` and
+    `_use_flat_conv`, whatever their arguments), then restores the patched functions."""
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "noise2atom_bench.py"
     spec = importlib.util.spec_from_file_location("noise2atom_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    use = m._use_chunked_wgrad
+    use, flat = m._use_chunked_wgrad, m._use_flat_conv
     compiled, state, batch, compile_s, gflop = bench._jax_step("tiny", None)
-    assert m._use_chunked_wgrad is use and compile_s > 0 and gflop > 0
+    assert m._use_chunked_wgrad is use and m._use_flat_conv is flat and compile_s > 0 and gflop > 0
     assert batch["noisy"].shape == (2, 32, 32, 1)

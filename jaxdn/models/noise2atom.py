@@ -136,8 +136,11 @@ def _xla_conv(x, w, pad):
     On CPU a valid (pad 0) conv of a map of at least 32² outputs is computed with padding 1 and
     cropped — the same numbers: XLA:CPU's convolution kernel runs unpadded convolutions 2.7–8×
     slower than padded ones (64 → 64 channels 3×3 on 6 × 130²: 72 vs 193 GFLOP/s; 7×7 64 → 16:
-    25 vs 202), and every basic block of the Noise2Atom nets ends in a valid conv.
+    25 vs 202), and every basic block of the Noise2Atom nets ends in a valid conv. bfloat16 inputs
+    of wide layers go to `_flat_conv` (XLA:CPU would upcast them and run a float32 convolution).
     """
+    if _use_flat_conv(x, w, pad):
+        return _flat_conv(x, w, pad)
     k = w.shape[0]
     ho, wo = x.shape[1] + 2 * pad - k + 1, x.shape[2] + 2 * pad - k + 1
     crop = pad == 0 and k > 1 and ho * wo >= 32 * 32 and jax.default_backend() == "cpu"
@@ -145,6 +148,64 @@ def _xla_conv(x, w, pad):
     y = jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)], dimension_numbers=_DN,
                                      preferred_element_type=jnp.float32)
     return y[:, 1:1 + ho, 1:1 + wo] if crop else y
+
+
+def _flat_conv_block(rows: int) -> int:
+    """Rows per block of `_flat_conv`: an eighth of the grid, 256–8192, a multiple of 64 (the
+    fastest of 256–8192 on the `paper` step's layers: 256–512 at 16²–18², 4096–8192 at ≥ 64²)."""
+    return int(np.clip(rows // 8, 256, 8192)) // 64 * 64
+
+
+def _use_flat_conv(x, w, pad: int) -> bool:
+    """Whether `_flat_conv` beats XLA:CPU's (float32) convolution for bfloat16 `x` of this shape.
+
+    Measured per layer on the `paper` step's 50 largest forward / input-gradient shapes (session 21,
+    benchmarks/results/noise2atom.md): the bf16 products win 1.1–3.5× at ≥ 128 input channels, and at
+    64 for valid convs (XLA's padded-and-cropped path) or 3×3 and wider kernels on ≥ 64² maps; on
+    thinner inputs (≤ 32 channels: a short contraction) or 64 channels on ≤ 32² maps XLA's float32
+    convolution is level or ahead (0.14–1.0×). At least two row blocks: a one-trip loop is removed
+    and XLA:CPU's plain dot kernel has no bf16 × bf16 → f32. CPU only.
+    """
+    if jax.default_backend() != "cpu" or x.dtype != jnp.bfloat16:
+        return False
+    n, h, wd, cin = x.shape
+    k = w.shape[0]
+    rows = n * (h + 2 * pad) * (wd + 2 * pad)
+    if k < 2 or _flat_conv_block(rows) > rows // 2:
+        return False
+    return cin >= 128 or (cin >= 64 and (pad == 0 or (k >= 3 and h * wd >= 64 * 64)))
+
+
+def _flat_conv(x, w, pad: int):
+    """Stride-1 conv of bfloat16 NHWC `x` (zero padding `pad`) with HWIO `w` as matrix products that
+    XLA:CPU runs on AMX; float32 accumulation and result, (N, Ho, Wo, O).
+
+    On the flattened padded grid (N·Hp·Wp rows of C), tap (a, b) is the row offset s = a·Wp + b, so
+    out[r] = Σ_taps x[r + s] · W[a, b]. Per block of rows one product x_block · [W_taps] of width
+    k²·O (the block plus the rows its taps reach), then the k² shifted column slices are summed while
+    they are in cache — no patch matrix. Rows past the valid output (right / bottom margins, wrap-
+    around) are computed and cropped.
+    """
+    n, h, wd, c = x.shape
+    k, o = w.shape[0], w.shape[3]
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    offsets = [a * wp + b for a in range(k) for b in range(k)]
+    rows = n * hp * wp
+    block = _flat_conv_block(rows)
+    nblocks = -(-rows // block)
+    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
+    wm = w.astype(x.dtype).reshape(k * k, c, o).transpose(1, 0, 2).reshape(c, k * k * o)
+
+    def out_block(i):
+        xb = jax.lax.dynamic_slice_in_dim(xf, i * block, block + offsets[-1], 0)
+        y = jnp.dot(xb, wm, preferred_element_type=jnp.float32)   # (block + s_max, k²·O)
+        return sum((y[s:s + block, t * o:(t + 1) * o] for t, s in enumerate(offsets[1:], 1)),
+                   y[:block, :o])
+
+    out = jax.lax.map(out_block, jnp.arange(nblocks)).reshape(nblocks * block, o)[:rows]
+    return out.reshape(n, hp, wp, o)[:, :hp - k + 1, :wp - k + 1]
 
 
 def _xla_wgrad(x, g, pad, product_dtype=None):
