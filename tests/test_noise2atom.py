@@ -700,3 +700,16 @@ def test_speed_benchmark_counts_flops_with_chunked_filter_gradients_off():
     compiled, state, batch, compile_s, gflop = bench._jax_step("tiny", None)
     assert m._use_chunked_wgrad is use and m._use_flat_conv is flat and compile_s > 0 and gflop > 0
     assert batch["noisy"].shape == (2, 32, 32, 1)
+
+
+def test_paper_variants_differ_only_in_dtypes():
+    """`paper_fast` and `paper_bf16` are the `paper` architecture and training recipe; only the
+    operand dtypes differ (so their weights are interchangeable and their speeds comparable)."""
+    import dataclasses
+    from jaxdn.train.config import load_config
+    paper = load_config("configs/noise2atom.py:paper")
+    for name, dtypes in [("paper_fast", {"wgrad_dtype": "bfloat16"}), ("paper_bf16", {"compute_dtype": "bfloat16"})]:
+        cfg = load_config(f"configs/noise2atom.py:{name}")
+        assert {k: getattr(cfg.model, k) for k in dtypes} == dtypes
+        assert dataclasses.asdict(dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, compute_dtype="float32", wgrad_dtype=None))) == dataclasses.asdict(paper)
