@@ -49,8 +49,9 @@ Variants:
            PyTorch's bf16 autocast: parameters, accumulation, norms and losses float32). On CPU the
            wide layers' convolutions run as bf16 matrix products on AMX (`_flat_conv`); the thin
            ones stay XLA float32 convolutions of the rounded inputs. Same parameters as `paper`;
-           ≈ 16 % faster per step than `paper_fast` on this CPU (benchmarks/results/noise2atom.md,
-           session 21).
+           16–17 % faster per step than `paper_fast` on this CPU, 1.31× the PyTorch peer's fastest
+           float32 mode and 0.83× its bf16 autocast; gradients within 1–3 % of float32
+           (benchmarks/results/noise2atom.md, session 21).
   tiny   — for tests: widths 8/8/8/8, 8-ch bottleneck, 1 residual block, 32² crops, batch 2.
 """
 from __future__ import annotations

@@ -22,9 +22,10 @@ space-to-depth form — 3–9× faster per thin layer on CPU, see `_padded_conv`
 on CPU the filter gradients of wide layers are chunked matrix products, `_chunked_wgrad`)
 and ``compute_dtype`` ("float32" | "bfloat16") the dtype of conv inputs (accumulation and
 everything else in float32); ``wgrad_dtype`` ("float32" | "bfloat16") the dtype of the operands of
-the filter gradients computed as matrix products (`_chunked_wgrad`, CPU "fastgrad" only; XLA:CPU
-upcasts bf16 *convolutions* to float32 but runs bf16 products on AMX, so on this CPU bf16 pays only
-there). None of them changes the parameters, so weights are interchangeable.
+the filter gradients computed as matrix products (`_chunked_wgrad`, CPU "fastgrad" only). XLA:CPU
+upcasts bf16 *convolutions* to float32 but runs bf16 products on AMX, so on CPU the bf16
+convolutions of wide layers are computed as products (`_flat_conv`). None of them changes the
+parameters, so weights are interchangeable.
 Inputs must have H, W divisible by 8 (the method runs tiles whose sides are multiples of 16).
 """
 from __future__ import annotations
