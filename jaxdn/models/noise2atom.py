@@ -151,6 +151,20 @@ def _xla_conv(x, w, pad):
     return y[:, 1:1 + ho, 1:1 + wo] if crop else y
 
 
+def _flat_grid(x, k: int, block: int):
+    """The flattened grid both row-block loops (`_flat_conv`, `_sum_over_row_blocks`) walk.
+
+    x: (N, H, W, C) → xf: (nblocks·block + s_max, C), x's N·H·W rows zero-padded so that every block
+    and the rows its taps reach exist; offsets: the k² row offsets a·W + b of the taps (s_max last);
+    nblocks: ⌈N·H·W / block⌉.
+    """
+    n, h, w, c = x.shape
+    offsets = [a * w + b for a in range(k) for b in range(k)]
+    rows = n * h * w
+    nblocks = -(-rows // block)
+    return jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0))), offsets, nblocks
+
+
 def _flat_conv_block(rows: int) -> int:
     """Rows per block of `_flat_conv`: an eighth of the grid, 256–8192, a multiple of 64 (the
     fastest of 256–8192 on the `paper` step's layers: 256–512 at 16²–18², 4096–8192 at ≥ 64²)."""
@@ -187,16 +201,13 @@ def _flat_conv(x, w, pad: int):
     they are in cache — no patch matrix. Rows past the valid output (right / bottom margins, wrap-
     around) are computed and cropped.
     """
-    n, h, wd, c = x.shape
-    k, o = w.shape[0], w.shape[3]
+    k, c, o = w.shape[0], x.shape[3], w.shape[3]
     if pad:
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    hp, wp = h + 2 * pad, wd + 2 * pad
-    offsets = [a * wp + b for a in range(k) for b in range(k)]
+    n, hp, wp, _ = x.shape
     rows = n * hp * wp
     block = _flat_conv_block(rows)
-    nblocks = -(-rows // block)
-    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
+    xf, offsets, nblocks = _flat_grid(x, k, block)
     wm = w.astype(x.dtype).reshape(k * k, c, o).transpose(1, 0, 2).reshape(c, k * k * o)
 
     def out_block(i):
@@ -261,13 +272,10 @@ def _sum_over_row_blocks(x, g, block: int, product, acc):
     offsets: the k² row offsets a·Wx + b of the taps. A `fori_loop`, not unrolled: unrolling 2 or 8
     bodies made the `paper` step no faster and its compile 1.4–3.4× longer.
     """
-    n, hx, wx, c = x.shape
+    n, hx, wx, _ = x.shape
     _, ho, wo, o = g.shape
-    k = hx - ho + 1
-    offsets = [a * wx + b for a in range(k) for b in range(k)]
     rows = n * hx * wx
-    nblocks = -(-rows // block)
-    xf = jnp.pad(x.reshape(rows, c), ((0, nblocks * block - rows + offsets[-1]), (0, 0)))
+    xf, offsets, nblocks = _flat_grid(x, hx - ho + 1, block)
     gf = jnp.pad(g, ((0, 0), (0, hx - ho), (0, wx - wo), (0, 0))).reshape(rows, o)
     gt = jnp.pad(gf, ((0, nblocks * block - rows), (0, 0))).T
 
