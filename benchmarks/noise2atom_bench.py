@@ -7,7 +7,7 @@
     python benchmarks/noise2atom_bench.py refine-repro [--frames 16] [--size 128] [--peak 3] [--tries 3]
     python benchmarks/noise2atom_bench.py select runs/n2a_snap/*.npz [--copy-to jaxdn/weights/noise2atom.npz]
     python benchmarks/noise2atom_bench.py norm-lrelu [--shape 6,130,130,64]
-    python benchmarks/noise2atom_bench.py ttq --variants small,small:xla,fast [--steps 400] [--target 0.9,0.95]
+    python benchmarks/noise2atom_bench.py ttq --variants small,small:xla,fast [--steps 400] [--target 0.9,0.95] [--set KEY=VALUE ...]
     python benchmarks/noise2atom_bench.py speed --variants small,small:xla,fast [--steps 2] [--torch [--torch-jemalloc] [--torch-bf16]]
         (the PyTorch peer runs for the `paper` and `small` architectures with the variant's optimiser)
 
@@ -384,8 +384,9 @@ def time_to_quality(args) -> None:
         variant, _, impl = spec.partition(":")
         work = root / spec.replace(":", "_")
         shutil.rmtree(work, ignore_errors=True)
+        sets = [f"steps={args.steps}"] + list(args.set) + ([f"model.impl={impl}"] if impl else [])
         cmd = [sys.executable, "-m", "jaxdn.cli", "train", "noise2atom", "--config", f"configs/noise2atom.py:{variant}",
-               "--workdir", str(work), "-q", "--set", f"steps={args.steps}"] + (["--set", f"model.impl={impl}"] if impl else [])
+               "--workdir", str(work), "-q"] + [a for kv in sets for a in ("--set", kv)]
         print(" ".join(cmd[1:]), flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
@@ -501,6 +502,8 @@ def main(argv=None) -> int:
     tq.add_argument("--steps", type=int, default=400)
     tq.add_argument("--target", default="0.9,0.95", help="validation atom F1 values to reach, comma-separated")
     tq.add_argument("--workdir", default="/tmp/n2a_ttq")
+    tq.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides applied to every variant (e.g. the `small` recipe on the `paper` network)")
     args = ap.parse_args(argv)
     if args.cmd in ("speed", "norm-lrelu") and argv is None:
         from jaxdn.allocator import maybe_reexec

@@ -191,6 +191,37 @@ def test_fit_traces_once_logs_and_exports(tmp_path):
             workdir=tmp_path, config={"kind": "other"}, quiet=True)
 
 
+def test_cpu_updates_run_one_at_a_time(tmp_path, monkeypatch):
+    """XLA:CPU takes a step's scratch memory when the call is dispatched, so on CPU `fit` waits for
+    each update before the next; without the wait the hooks would see a state still being computed."""
+    import types
+    import jax
+    import jax.numpy as jnp
+    from jaxdn.train import loop
+
+    n = 3000
+
+    def train_step(state, batch, key):  # ~0.1 s of work on a (n, n) scratch array
+        a = jnp.sin(jnp.outer(state["w"], batch["x"]))
+        g = a @ jnp.cos(a[:, :1])
+        return {"w": state["w"] - 1e-9 * g[:, 0]}, {"g": jnp.mean(g)}
+
+    def run(workdir):
+        ready = []
+        loop.fit(init_state=lambda: {"w": jnp.linspace(0.1, 1.0, n)}, train_step=train_step,
+                 make_batch=lambda key, step: {"x": jax.random.normal(key, (n,))}, steps=6, workdir=workdir,
+                 config={}, log_every=100, quiet=True,
+                 hooks=[lambda step, s: ready.append(all(x.is_ready() for x in jax.tree.leaves(s)))])
+        return ready
+
+    assert loop.waits_for_each_step(jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
+    assert run(tmp_path / "cpu") == [True] * 6
+    monkeypatch.setattr(loop, "waits_for_each_step", lambda mesh: False)  # as on an accelerator
+    assert not all(run(tmp_path / "queued")[1:])  # the check above can fail
+    gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
+    assert not loop.waits_for_each_step(gpu)
+
+
 def test_host_batches_and_data_match_device_batches(tmp_path):
     import jax
     import jax.numpy as jnp

@@ -92,6 +92,18 @@ def _check_batch(shapes, mesh, batch_spec) -> None:
                              f"is not divisible by the {d} devices; use a multiple of {d}")
 
 
+def waits_for_each_step(mesh) -> bool:
+    """Whether `fit` waits for each update before dispatching the next: on CPU devices.
+
+    XLA:CPU allocates an executable's scratch memory when a call is dispatched, so an update
+    queued behind a running one holds a second copy (the Noise2Atom `paper` step: 6.7 GB more, a
+    17.5 GB process instead of 10.8 GB; benchmarks/results/noise2atom.md, session 22). There is
+    nothing to overlap there anyway: the host and the step share the cores. Accelerators keep
+    the asynchronous queue (their scratch memory is taken in stream order).
+    """
+    return all(d.platform == "cpu" for d in mesh.devices.flat)
+
+
 def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: int,
         workdir: str | Path, config: Any, seed: int = 0,
         eval_fn: Callable[[Any, Any], dict] | None = None, eval_every: int = 0,
@@ -149,6 +161,7 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
     state_sharding = shd.replicated(mesh)
     batch_sharding = shd.batch_sharding(mesh, spec=batch_spec)
     scalar_sharding = shd.replicated(mesh)
+    wait_each_step = waits_for_each_step(mesh)
 
     # ---- keys -----------------------------------------------------------------------------
     data_key, step_key, eval_key = jax.random.split(jax.random.key(seed), 3)
@@ -241,6 +254,8 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
                 state, metrics = jitted(state, batch, step_arr, keys)
             else:
                 state, metrics = jitted(state, step_arr, keys, data)
+            if wait_each_step:
+                jax.block_until_ready(metrics)
             pending.append(metrics)
             done = step + 1
             if step == start:  # the first update includes compilation: time it apart
