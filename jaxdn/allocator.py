@@ -24,13 +24,8 @@ __all__ = ["jemalloc_library", "mimalloc_library", "loaded_allocator", "reexec_e
            "MALLOC_CONF", "ALLOCATORS"]
 
 # Keep dirty and muzzy pages for reuse: the process stays at its peak resident size, which for
-# training (the same step over and over) is what it needs anyway. One arena: with one per thread,
-# a step whose scratch memory was taken by another of XLA's threads than the last one's found that
-# memory in the other arena and took it afresh, and each arena kept its copy for good (the
-# Noise2Atom `paper_bf16` training process grew from 14 to 23-24 GB and was OOM-killed on a 24 GB
-# machine; 14.6 GB with one arena, step time level within 2 %; benchmarks/results/noise2atom.md,
-# session 22).
-MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1"
+# training (the same step over and over) is what it needs anyway.
+MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 # mimalloc: serve even the biggest blocks from its arenas, and purge (decommit) freed memory only
 # after it has lain unused for a second. mimalloc 3 hands objects over 2 GiB straight to the OS and
 # unmaps them on free, and XLA:CPU allocates each executable's temporaries as one block (5.7 GB for

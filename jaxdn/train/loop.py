@@ -96,8 +96,8 @@ def waits_for_each_step(mesh) -> bool:
     """Whether `fit` waits for each update before dispatching the next: on CPU devices.
 
     XLA:CPU allocates an executable's scratch memory when a call is dispatched, so an update
-    queued behind a running one holds a second copy (the Noise2Atom `paper` step: 6.5 GB more, a
-    16.5 GB process instead of 10.0 GB; benchmarks/results/noise2atom.md, session 22). There is
+    queued behind a running one holds a second copy (the Noise2Atom `paper` step: 6.7 GB more, a
+    17.5 GB process instead of 10.8 GB; benchmarks/results/noise2atom.md, session 22). There is
     nothing to overlap there anyway: the host and the step share the cores. Accelerators keep
     the asynchronous queue (their scratch memory is taken in stream order).
     """
