@@ -217,9 +217,44 @@ def test_cpu_updates_run_one_at_a_time(tmp_path, monkeypatch):
     assert loop.waits_for_each_step(jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
     assert run(tmp_path / "cpu") == [True] * 6
     monkeypatch.setattr(loop, "waits_for_each_step", lambda mesh: False)  # as on an accelerator
-    assert not all(run(tmp_path / "queued")[1:])  # the check above can fail
+    if jax.config.read("jax_cpu_enable_async_dispatch"):  # (off: every call returns finished)
+        assert not all(run(tmp_path / "queued")[1:])  # the check above can fail
     gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
     assert not loop.waits_for_each_step(gpu)
+
+
+_INLINE = """
+import os, sys, time, jax, jax.numpy as jnp
+from jaxdn.train.loop import run_computations_inline_on_cpu
+if sys.argv[1] == "late":
+    jnp.ones(2).block_until_ready()  # the backend has started: too late to change
+applied = run_computations_inline_on_cpu()
+f = jax.jit(lambda x: jnp.sin(jnp.outer(x, x)) @ jnp.cos(x))  # ~0.1 s of work
+x = jnp.linspace(0.0, 1.0, 3000)
+f(x).block_until_ready()
+y = f(x)
+print(applied, jax.config.read("jax_cpu_enable_async_dispatch"), y.is_ready())
+"""
+
+
+@pytest.mark.parametrize("case, expected", [("fresh", "True False True"), ("late", "False True False"),
+                                            ("user", "False True False")])
+def test_training_processes_run_cpu_computations_inline(case, expected):
+    """`jaxdn train` turns XLA:CPU's asynchronous dispatch off before the backend starts, so a call
+    returns only when its computation (and its scratch memory) is done; never late or over the user."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
+    env.update({"JAX_PLATFORMS": "cpu", **({"JAX_CPU_ENABLE_ASYNC_DISPATCH": "1"} if case == "user" else {})})
+    out = subprocess.run([sys.executable, "-c", _INLINE, case], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert " ".join(out) == expected
+
+
+def test_train_command_asks_for_inline_computations_first(tmp_path, monkeypatch):
+    from jaxdn.train import cli, loop
+    calls = []
+    monkeypatch.setattr(loop, "run_computations_inline_on_cpu", lambda: calls.append(1))
+    assert cli.main(["toy", "--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path)]) == 2
+    assert calls == [1]  # before the config is even read
 
 
 def test_host_batches_and_data_match_device_batches(tmp_path):

@@ -135,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         extra = parse_extra(rest)
         train = resolve(TRAINERS, args.method, what="trainer")
+        from .loop import run_computations_inline_on_cpu
+        run_computations_inline_on_cpu()  # before any computation starts JAX's backend
         from ..sharding import maybe_initialize_distributed
         maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         from .config import load_config
