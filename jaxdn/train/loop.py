@@ -96,8 +96,8 @@ def waits_for_each_step(mesh) -> bool:
     """Whether `fit` waits for each update before dispatching the next: on CPU devices.
 
     XLA:CPU takes an executable's scratch memory when a call is dispatched, so an update queued
-    behind a running one holds a second copy (the Noise2Atom `paper` step: 6.5 GB more, a 16.5 GB
-    process instead of 10.0 GB; benchmarks/results/noise2atom.md, session 22). Waiting narrows
+    behind a running one holds a second copy (the Noise2Atom `paper` step: 6.6 GB more, a 17.5 GB
+    process instead of 10.8 GB; benchmarks/results/noise2atom.md, session 22). Waiting narrows
     that to a race (the previous step frees its scratch just after its outputs are ready);
     `run_computations_inline_on_cpu` closes it for `jaxdn train`. Accelerators keep the queue.
     """
