@@ -52,6 +52,8 @@ Variants:
            16–17 % faster per step than `paper_fast` on this CPU, 1.31× the PyTorch peer's fastest
            float32 mode and 0.83× its bf16 autocast; gradients within 1–3 % of float32
            (benchmarks/results/noise2atom.md, session 21).
+           Memory on CPU (batch 6, 128² crops): one step's scratch is 6.7 GB (`paper`) / 8.6 GB
+           (`paper_bf16`); a `jaxdn train` process holds ≈ 11 / 14–17 GB (session 22).
   tiny   — for tests: widths 8/8/8/8, 8-ch bottleneck, 1 residual block, 32² crops, batch 2.
 """
 from __future__ import annotations
