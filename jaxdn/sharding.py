@@ -2,8 +2,10 @@
 
 Data parallelism is a 1-axis mesh named ``'data'`` over every device (of every process): the
 leading (batch) axis of an array is split over it, model and optimizer state are replicated.
-Everything goes through `jax.jit` with `NamedSharding`s; there is no `pmap` and no per-device code.
-With one device (the usual CPU case) every function here is a cheap no-op wrapper.
+Everything goes through `jax.jit` with `NamedSharding`s; there is no `pmap`. The one per-device
+code path is `per_batch_shard`, for hand-written kernels that flatten the batch into rows (GSPMD
+cannot split those by itself); it needs the mesh in context (`calls_in_mesh`). With one device
+(the usual CPU case) every function here is a cheap no-op wrapper.
 
 Multi-host: call `maybe_initialize_distributed()` first (flags or the standard environment
 variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). Then
@@ -42,6 +44,64 @@ def data_mesh(devices: Sequence[Any] | None = None):
     if not devices:
         raise InputError("data_mesh: no devices given")
     return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def calls_in_mesh(fn, mesh):
+    """`fn` wrapped to run with `mesh` as JAX's context mesh (``jax.set_mesh``), so that
+    `per_batch_shard` inside the functions it traces sees the mesh. Wrap jitted callables."""
+    import functools
+    import jax
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+    return call
+
+
+def batch_shards(n: int) -> int:
+    """How many pieces `per_batch_shard` splits a batch of `n` rows into: the size of the context
+    mesh's ``'data'`` axis (automatic sharding only) when it divides `n`, else 1."""
+    import jax
+    from jax.sharding import AxisType
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    if dict(zip(mesh.axis_names, mesh.axis_types))[DATA_AXIS] != AxisType.Auto:
+        return 1  # already inside a shard_map over 'data' (or explicit sharding): leave it
+    d = int(mesh.shape[DATA_AXIS])
+    return d if d > 1 and n % d == 0 else 1
+
+
+def per_batch_shard(fn, *args, batched: int = 1, summed: bool = False):
+    """``fn(*args)`` computed by each device on its own rows of the batch.
+
+    For kernels that flatten (N, H, W, C) into N·H·W rows and loop over blocks of them: GSPMD
+    cannot keep such a loop split over the batch, so it gathers the whole batch on every device and
+    each computes the whole layer. Under a context mesh (`calls_in_mesh`) whose ``'data'`` axis
+    splits N (`batch_shards`), this runs `fn` in a ``shard_map`` on each device's N/d rows instead.
+
+    Args:
+      fn: pure function of arrays; the first `batched` args have the batch on axis 0, the rest are
+        replicated (e.g. weights).
+      summed: `fn` returns a sum over the batch (e.g. a filter gradient): the per-device results
+        are added (``psum``) and the total is replicated. Otherwise its output has the batch on
+        axis 0 and stays split.
+    Returns:
+      ``fn(*args)``, to float reassociation when `summed`.
+    """
+    import jax
+    from jax.sharding import PartitionSpec as P
+    if batch_shards(args[0].shape[0]) == 1:
+        return fn(*args)
+
+    def local(*local_args):
+        out = fn(*local_args)
+        return jax.lax.psum(out, DATA_AXIS) if summed else out
+
+    specs = tuple(P(DATA_AXIS) if i < batched else P() for i in range(len(args)))
+    return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=specs,
+                         out_specs=P() if summed else P(DATA_AXIS), check_vma=False)(*args)
 
 
 def batch_sharding(mesh, *, spec=None):

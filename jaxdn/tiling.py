@@ -128,7 +128,7 @@ def _local_mesh():
 def _jitted(fn: Callable, mesh):
     """One jitted, sharded version of `fn` per (fn, mesh) — kept so repeated calls never retrace."""
     import jax
-    from .sharding import batch_sharding
+    from .sharding import batch_sharding, calls_in_mesh
     try:
         per_fn = _JIT_CACHE.setdefault(fn, {})
     except TypeError:  # not weak-referenceable: no caching beyond jax's own
@@ -136,7 +136,7 @@ def _jitted(fn: Callable, mesh):
     key = (tuple(d.id for d in mesh.devices.flat),)
     if key not in per_fn:
         sharding = batch_sharding(mesh)
-        per_fn[key] = jax.jit(fn, in_shardings=sharding, out_shardings=sharding)
+        per_fn[key] = calls_in_mesh(jax.jit(fn, in_shardings=sharding, out_shardings=sharding), mesh)
     return per_fn[key]
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,7 @@ from scipy import signal
 from jaxdn.models import noise2atom as m
 from jaxdn.train import noise2atom_losses as L
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_GEN = dict(widths=(8, 8, 8, 8), bottleneck=8, n_res=1, out_mid=4)
 
 
@@ -713,3 +719,61 @@ def test_paper_variants_differ_only_in_dtypes():
         assert {k: getattr(cfg.model, k) for k in dtypes} == dtypes
         assert dataclasses.asdict(dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, compute_dtype="float32", wgrad_dtype=None))) == dataclasses.asdict(paper)
+
+
+_WIDE_LAYER_ON_FOUR_DEVICES = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxdn import sharding as shd
+    from jaxdn.models import noise2atom as m
+    from jaxdn.train.loop import fit
+    mesh = shd.data_mesh()
+    seen = []
+    flat, chunked = m._flat_conv, m._chunked_wgrad
+    m._flat_conv = lambda x, w, pad: seen.append(("flat", x.shape[0])) or flat(x, w, pad)
+    m._chunked_wgrad = lambda x, g: seen.append(("wgrad", x.shape[0])) or chunked(x, g)
+    x = jax.random.normal(jax.random.key(0), (8, 34, 34, 128)).astype(jnp.bfloat16)
+    w = (0.05 * jax.random.normal(jax.random.key(1), (3, 3, 128, 64))).astype(jnp.bfloat16)
+
+    def value_and_wgrad(x, w):
+        y, vjp = jax.vjp(lambda w: m._padded_conv(x, w, 0), w)
+        return y, vjp(y)[0]
+
+    y1, dw1 = jax.jit(value_and_wgrad)(x, w)                               # one device
+    assert seen == [("flat", 8), ("wgrad", 8)], seen
+    jitted = jax.jit(value_and_wgrad, in_shardings=(shd.batch_sharding(mesh), shd.replicated(mesh)))
+    xs = shd.shard_batch(x, mesh)
+    assert "all-gather" in jitted.lower(xs, w).compile().as_text()         # GSPMD alone gathers
+    seen.clear()
+    with jax.set_mesh(mesh):
+        hlo = jitted.lower(xs, w).compile().as_text()
+    assert seen == [("flat", 2), ("wgrad", 2)], seen                       # each device: its 2 frames
+    assert "all-gather" not in hlo
+    y4, dw4 = shd.calls_in_mesh(jitted, mesh)(xs, w)
+    assert y4.sharding.spec == jax.sharding.PartitionSpec("data") and dw4.sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(y4), np.asarray(y1))
+    # the filter gradient comes back in w's bfloat16: the devices' partial sums may round one ulp apart
+    np.testing.assert_allclose(np.asarray(dw4, np.float32), np.asarray(dw1, np.float32), rtol=2.0 ** -7)
+
+    shares = []                                    # `fit` traces its step with the mesh in context
+    def step(state, batch, key):
+        shares.append(shd.batch_shards(batch.shape[0]))
+        return state, {"loss": batch.sum()}
+    import tempfile
+    fit(init_state={"w": jnp.zeros(())}, train_step=step, steps=1, workdir=tempfile.mkdtemp(),
+        make_batch=lambda key, step: jax.random.normal(key, (8, 3)), config={}, quiet=True)
+    assert shares == [4], shares
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-block kernels are CPU-only")
+def test_row_block_kernels_split_the_batch_over_devices():
+    """On a batch-sharded mesh the flat convolution and the chunked filter gradient (they flatten the
+    batch into rows) run on each device's own frames — no all-gather, the output stays split, the
+    filter gradient is summed — and give the one-device numbers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", _WIDE_LAYER_ON_FOUR_DEVICES], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

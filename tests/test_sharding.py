@@ -108,3 +108,64 @@ def test_four_forced_cpu_devices():
     out = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env, capture_output=True,
                          text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_per_batch_shard_is_the_plain_call_without_a_split_mesh():
+    import jax
+    import jax.numpy as jnp
+    x = jnp.arange(12.0).reshape(4, 3)
+    seen = []
+
+    def fn(v, w):
+        seen.append(v.shape)
+        return v * w
+
+    assert shd.batch_shards(4) == 1                                  # no context mesh
+    with jax.set_mesh(shd.data_mesh(jax.devices()[:1])):
+        assert shd.batch_shards(4) == 1                              # one device
+        out = shd.per_batch_shard(fn, x, jnp.float32(2.0))
+    assert seen == [(4, 3)]
+    np.testing.assert_array_equal(np.asarray(out), 2 * np.arange(12.0).reshape(4, 3))
+
+
+_PER_BATCH_SHARD = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxdn import sharding as shd
+    mesh = shd.data_mesh()
+    x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    seen = []
+
+    def rows_times(v, w):
+        seen.append(v.shape[0])
+        return v * w
+
+    def row_sum(v, w):
+        seen.append(v.shape[0])
+        return (v * w).sum(axis=0)
+
+    def both(v, w):
+        return shd.per_batch_shard(rows_times, v, w), shd.per_batch_shard(row_sum, v, w, summed=True)
+
+    jitted = jax.jit(both, in_shardings=(shd.batch_sharding(mesh), shd.replicated(mesh)))
+    assert shd.batch_shards(8) == 1                                   # outside the mesh
+    y, s = shd.calls_in_mesh(jitted, mesh)(shd.shard_batch(x, mesh), np.float32(3))
+    assert seen == [2, 2], seen                                       # each device: its 2 rows
+    np.testing.assert_array_equal(np.asarray(y), 3 * x)
+    np.testing.assert_allclose(np.asarray(s), 3 * x.sum(axis=0), rtol=1e-6)
+    assert y.sharding.spec == jax.sharding.PartitionSpec("data") and s.sharding.is_fully_replicated
+    with jax.set_mesh(mesh):
+        assert shd.batch_shards(8) == 4 and shd.batch_shards(6) == 1  # 6 rows do not split 4 ways
+        seen.clear()
+        np.testing.assert_array_equal(np.asarray(jax.jit(both)(x[:6], np.float32(3))[0]), 3 * x[:6])
+        assert seen == [6, 6], seen
+    print("ok")
+""")
+
+
+def test_per_batch_shard_splits_the_batch_over_four_devices():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", _PER_BATCH_SHARD], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..sharding import batch_shards, per_batch_shard
+
 __all__ = ["Generator", "Critic", "lowpass_kernel", "lowpass", "conv2d", "upconv2x", "leaky_relu",
            "instance_norm", "flip_output_sign", "flip_input_sign"]
 
@@ -141,7 +143,7 @@ def _xla_conv(x, w, pad):
     of wide layers go to `_flat_conv` (XLA:CPU would upcast them and run a float32 convolution).
     """
     if _use_flat_conv(x, w, pad):
-        return _flat_conv(x, w, pad)
+        return per_batch_shard(lambda x, w: _flat_conv(x, w, pad), x, w)
     k = w.shape[0]
     ho, wo = x.shape[1] + 2 * pad - k + 1, x.shape[2] + 2 * pad - k + 1
     crop = pad == 0 and k > 1 and ho * wo >= 32 * 32 and jax.default_backend() == "cpu"
@@ -179,11 +181,13 @@ def _use_flat_conv(x, w, pad: int) -> bool:
     64 for valid convs (XLA's padded-and-cropped path) or 3×3 and wider kernels on ≥ 64² maps; on
     thinner inputs (≤ 32 channels: a short contraction) or 64 channels on ≤ 32² maps XLA's float32
     convolution is level or ahead (0.14–1.0×). At least two row blocks: a one-trip loop is removed
-    and XLA:CPU's plain dot kernel has no bf16 × bf16 → f32. CPU only.
+    and XLA:CPU's plain dot kernel has no bf16 × bf16 → f32. CPU only. Decided on each device's
+    share of the batch (`per_batch_shard` runs it there).
     """
     if jax.default_backend() != "cpu" or x.dtype != jnp.bfloat16:
         return False
     n, h, wd, cin = x.shape
+    n //= batch_shards(n)
     k = w.shape[0]
     rows = n * (h + 2 * pad) * (wd + 2 * pad)
     if k < 2 or _flat_conv_block(rows) > rows // 2:
@@ -235,7 +239,7 @@ def _xla_wgrad(x, g, pad, product_dtype=None):
     if _use_chunked_wgrad(xp, g, product_dtype):
         if product_dtype is not None:
             xp, g = xp.astype(product_dtype), g.astype(product_dtype)
-        return _chunked_wgrad(xp, g)
+        return per_batch_shard(_chunked_wgrad, xp, g, batched=2, summed=True)
     dw = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                       [(0, 0), (0, 0)], dimension_numbers=_DN,
                                       preferred_element_type=jnp.float32)  # (Cin, k, k, Cout)
@@ -252,11 +256,13 @@ def _use_chunked_wgrad(x, g, product_dtype=None) -> bool:
     16² maps XLA's own is faster. The bfloat16 per-tap products (AMX) beat it, 1.1–8×, on the
     filter gradients of ≥ 32 output channels and ≥ 0.1 GFLOP, and of 16 at k ≥ 5 and ≥ 1 GFLOP;
     XLA's own stays ahead on thinner or smaller ones (33 shapes of the `paper` step, 35 of `small`; session 20).
-    Only on CPU: elsewhere the serial loop would be the slow one.
+    Only on CPU: elsewhere the serial loop would be the slow one. Decided on each device's share of
+    the batch (`per_batch_shard` runs it there).
     """
     if jax.default_backend() != "cpu":
         return False
-    pixels, cin, cout = g.shape[0] * g.shape[1] * g.shape[2], x.shape[3], g.shape[3]
+    pixels = g.shape[0] // batch_shards(g.shape[0]) * g.shape[1] * g.shape[2]
+    cin, cout = x.shape[3], g.shape[3]
     if jnp.dtype(x.dtype if product_dtype is None else product_dtype) == jnp.bfloat16:
         k = x.shape[1] - g.shape[1] + 1
         flops = 2 * pixels * k * k * cin * cout

@@ -247,6 +247,8 @@ def fit(*, init_state: Any, train_step: Callable, make_batch: Callable, steps: i
 
             jitted = jax.jit(update, in_shardings=(state_sharding, batch_sharding, scalar_sharding, state_sharding),
                              out_shardings=(state_sharding, scalar_sharding), donate_argnums=0)
+        if batch_spec is None:  # traced with the mesh in context: kernels that flatten the
+            jitted = shd.calls_in_mesh(jitted, mesh)  # batch split it themselves (`per_batch_shard`)
         data = None if data is None else shd.replicate(data, mesh)
 
     except BaseException:
