@@ -64,23 +64,18 @@ from typing import Literal
 
 # Record of the shipped run (command, wall time, final losses).
 SHIPPED_RUN = (
-    "Session 4 (2026-12-01): `jaxdn train noise2atom --config configs/noise2atom.py:small --workdir runs/n2a_c5` "
-    "(600 steps; low-pass 13x13 variance 4, guard margin 0.3, content_weight 5, select_best, fastgrad convs, "
-    "RMSProp 1e-4 without momentum), then `cp runs/n2a_c5/noise2atom.npz jaxdn/weights/noise2atom.npz`. "
-    "Wall 866 s on the 2-core CPU (other jobs on it part of the time; ~1.05 s/step alone). The selector's "
-    "validation movie (seed 1001, 8 frames, 3 e- peak, flat + gradient) rose to mean F1 0.956 by step 350 and stayed "
-    "at 0.95-0.96 up to 600 (PSNR 19.4-19.7 dB; without the content term, session 3, quality peaked near 380 and fell "
-    "after); the best snapshot is step 475 (val F1 0.959, PSNR 19.67 dB). Step-475 losses: adv 17.3, cycle 0.24, "
-    "lfc 0.018, content 0.18, corr(input, output) 0.40, guard flips 0. Test movie (seed 0, 3 e- peak): atom F1 "
-    "0.986 flat / 0.836 with a background gradient, PSNR 19.8 dB vs 22.1 dB for a tuned Gaussian "
-    "(benchmarks/results/noise2atom.md). The file was trained by the code of commit 935c6f6. Session 6 made the "
-    "instance-norm + leaky-ReLU gradient hand-written (`models.noise2atom.norm_leaky_relu`: same to float rounding, "
-    "9 % faster), so the same command now follows another trajectory: retrained with session 6's code (919 s wall) "
-    "the best snapshot is step 425, val F1 0.929 / PSNR 18.92 dB (vs 0.959 / 19.67) - a GAN run differs by more "
-    "than rounding; the shipped file was not replaced. Session 7's CPU convolution changes (chunked filter gradients, "
-    "padded-and-cropped valid convs) change training by float rounding again; not retrained. Session 8: the "
-    "chunked filter gradient's sum order (gT stored transposed) - rounding again; the jemalloc allocator the CLI "
-    "now picks changes no number.")
+    "Session 23 (2026-12-05), code of commit 23f3146 (9046215 gave the same file): `jaxdn train noise2atom --config configs/noise2atom.py:small "
+    "--workdir runs/n2a_small` (600 steps; low-pass 13x13 variance 4, guard margin 0.3, content_weight 5, "
+    "select_best, fastgrad convs, RMSProp 1e-4 without momentum), then `cp runs/n2a_small/noise2atom.npz "
+    "jaxdn/weights/noise2atom.npz`. Wall 553 s on the 2-core CPU, otherwise idle (0.7-0.9 s/step). Run twice: both "
+    "runs wrote the same file byte for byte (same machine and software; a GAN run on another CPU follows its own "
+    "float rounding). The selector's validation movie (seed 1001, 8 frames, 3 e- peak, flat + gradient) reached "
+    "mean F1 0.954 at step 350 and stayed at 0.95-0.96 up to 600 (PSNR 19.4-19.7 dB); the best snapshot is step 400 "
+    "(val F1 0.960, PSNR 19.56 dB). Step-400 losses (mean of steps 396-400): adv 15.6, cycle 0.21, lfc 0.023, "
+    "content 0.14, corr(input, output) 0.42, guard flips 0. Test movie (seed 0, 3 e- peak): atom F1 0.987 flat / "
+    "0.856 with a background gradient, PSNR 20.3 dB vs 22.1 dB for a tuned Gaussian "
+    "(benchmarks/results/noise2atom.md, session 23). Replaces the session-4 file, which the code had not "
+    "reproduced since session 6 (other float rounding, another GAN trajectory).")
 
 
 @dataclass(frozen=True)
