@@ -101,13 +101,18 @@ _FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
-def test_four_forced_cpu_devices():
+def _run_on_four_cpu_devices(script: str) -> None:
+    """Run `script` in a fresh process with 4 forced host devices; it must print "ok"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_four_forced_cpu_devices():
+    _run_on_four_cpu_devices(_FOUR_DEVICES)
 
 
 def test_per_batch_shard_is_the_plain_call_without_a_split_mesh():
@@ -163,9 +168,4 @@ _PER_BATCH_SHARD = textwrap.dedent("""
 
 
 def test_per_batch_shard_splits_the_batch_over_four_devices():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", _PER_BATCH_SHARD], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    _run_on_four_cpu_devices(_PER_BATCH_SHARD)
