@@ -14,7 +14,7 @@ compile time, the all-gathers / all-reduces in the compiled program, XLA's per-d
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import os
 import sys
 import time
@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", default="paper_bf16", help="configs/noise2atom.py variant")
     ap.add_argument("--mode", choices=("split", "gather"), default="split")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="top-level config overrides")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, as `jaxdn train --set`")
     args = ap.parse_args(argv)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}").strip()
@@ -38,10 +38,7 @@ def main(argv=None) -> None:
     from jaxdn.train import noise2atom as T
     from jaxdn.train.config import load_config
 
-    cfg = load_config(f"configs/noise2atom.py:{args.variant}")
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
+    cfg = load_config(f"configs/noise2atom.py:{args.variant}", args.set)
     mesh = shd.data_mesh()
     gdefs, init_state, tx = T.graphdefs_and_init(cfg)
     state = shd.replicate(init_state(), mesh)
@@ -53,10 +50,7 @@ def main(argv=None) -> None:
                    out_shardings=(rep, rep))
     key = jax.random.key(0)
     t = time.perf_counter()
-    if args.mode == "split":
-        with jax.set_mesh(mesh):
-            compiled = step.lower(state, batch, key).compile()
-    else:
+    with jax.set_mesh(mesh) if args.mode == "split" else contextlib.nullcontext():
         compiled = step.lower(state, batch, key).compile()
     t_compile = time.perf_counter() - t
     hlo = compiled.as_text()
